@@ -1,0 +1,281 @@
+"""The experiment config: one YAML file (a recipe) that says everything a run does.
+
+A recipe is data, not code. Every key is validated (unknown keys, wrong types and ranges are
+refused with a one-line message) before any data is read or any training starts. A recipe may
+start from another with `extends: NAME`; its own keys are deep-merged over that one's.
+"""
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cifarlab.errors import UserError
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key must fail loudly, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "tutorial_cnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ColorJitterConfig(_Section):
+    brightness: float = Field(0.0, ge=0)
+    contrast: float = Field(0.0, ge=0)
+    saturation: float = Field(0.0, ge=0)
+    hue: float = Field(0.0, ge=0, le=0.5)
+
+
+class AugmentConfig(_Section):
+    crop_padding: int = Field(0, ge=0, le=32, description="random crop after zero-padding by this many pixels; 0 = off")
+    flip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    autoaugment: bool = Field(False, description="AutoAugment with the CIFAR-10 policy")
+    color_jitter: ColorJitterConfig | None = None
+    rotation: float = Field(0.0, ge=0, le=180, description="random rotation within +-degrees")
+    cutout: int = Field(0, ge=0, description="zero a random square of this side; 0 = off")
+    concat_original: bool = Field(False, description="each epoch sees every original image and an augmented copy")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.crop_padding or self.flip or self.autoaugment or self.color_jitter or self.rotation or self.cutout)
+
+
+class DataConfig(_Section):
+    dataset: str = Field("sample", description="sample | cifar10[:PATH] | tinyimagenet:PATH | folder:PATH")
+    val_size: float = Field(0.1, gt=0, description="validation images carved from train: a count, or a fraction < 1")
+    split_seed: int = 0
+    train_limit: int | None = Field(None, ge=1, description="train on a stratified subset of this many images")
+    normalize: Literal["none", "half", "dataset"] | list[list[float]] = Field(
+        "dataset", description="none, half (0.5/0.5), dataset (its mean/std), or [[means], [stds]]")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("normalize")
+    @classmethod
+    def _two_lists(cls, v):
+        if isinstance(v, list):
+            if len(v) != 2 or len(v[0]) != len(v[1]) or any(s <= 0 for s in v[1]):
+                raise ValueError("give [[mean per channel], [std per channel]] with positive stds")
+        return v
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD and RMSprop only")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
+    step_size: int = Field(30, ge=1, description="step: multiply by gamma every step_size epochs")
+    gamma: float = Field(0.1, gt=0)
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
+    min_lr: float = Field(0.0, ge=0, description="cosine: the lr reached at the end")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+    time_limit_minutes: float | None = Field(None, gt=0, description="stop when this much training time is spent")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val accuracy")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
+    channels_last: bool = True
+    compile: bool = False
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+
+
+class ReportedFigure(_Section):
+    """What the seed report that a recipe reproduces said it reached (metadata only)."""
+    accuracy: float | None = None
+    epochs: int | None = None
+    source: str = ""
+    note: str = ""
+
+
+class ExperimentConfig(_Section):
+    name: str = "run"
+    description: str = ""
+    reported: ReportedFigure | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _val_size_is_count_or_fraction(self):
+        v = self.data.val_size
+        if v >= 1 and v != int(v):
+            raise ValueError("data.val_size must be a whole count (e.g. 5000) or a fraction below 1 (e.g. 0.1)")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        for sub in getattr(ann, "__args__", (ann,)):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                keys += _known_keys(sub, prefix + name + ".")
+    return keys
+
+
+def _explain(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(where, _known_keys(ExperimentConfig), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else " (see `cifarlab train --help` for the keys)"
+        return f"unknown config key '{where}'{hint}"
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"config key '{where}': {msg}{got_s}" if where else f"config: {msg}"
+
+
+def validate_config(raw: Any) -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise UserError(f"a config must be a YAML mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_explain(err)) from None
+
+
+def recipe_dir():
+    return resources.files("cifarlab") / "recipes"
+
+
+def list_recipes() -> dict[str, dict]:
+    """Recipe name -> its raw YAML mapping, for every recipe shipped in the package."""
+    out = {}
+    for f in sorted(recipe_dir().iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".yaml"):
+            out[f.name[:-5]] = yaml.safe_load(f.read_text()) or {}
+    return out
+
+
+def _read_yaml(text: str, where: str) -> dict:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{where} is not valid YAML{line}: fix the syntax and retry") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must hold a YAML mapping of sections (model, data, train, ...)")
+    return raw
+
+
+def _raw_recipe(name: str, seen: tuple = ()) -> dict:
+    f = recipe_dir() / f"{name}.yaml"
+    if not f.is_file():
+        known = [p.name[:-5] for p in recipe_dir().iterdir() if p.name.endswith(".yaml")]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown recipe '{name}': {hint}`cifarlab recipes` lists them")
+    return _resolve_extends(_read_yaml(f.read_text(), f"recipe '{name}'"), seen + (name,))
+
+
+def _resolve_extends(raw: dict, seen: tuple = ()) -> dict:
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise UserError("config key 'extends' must be a recipe name")
+    if parent in seen:
+        raise UserError(f"recipe '{parent}' extends itself through {' -> '.join(seen)}")
+    return _deep_merge(_raw_recipe(parent, seen), raw)
+
+
+def load_raw(recipe: str | None = None, config_file: str | Path | None = None) -> dict:
+    """The raw (unvalidated) mapping of a recipe name or a YAML file, `extends` resolved."""
+    if recipe and config_file:
+        raise UserError("give either --recipe or --config, not both")
+    if config_file:
+        p = Path(config_file)
+        if not p.is_file():
+            raise UserError(f"config file '{p}' does not exist: check the path")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read config file '{p}': {err}") from None
+        return _resolve_extends(_read_yaml(text, f"config file '{p}'"))
+    if recipe:
+        return _raw_recipe(recipe)
+    return {}
+
+
+def set_key(raw: dict, dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, creating sections on the way."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise UserError(f"'{dotted}' is not a config key: use dotted names such as train.epochs")
+    node = raw
+    for p in parts[:-1]:
+        if not isinstance(node.get(p, {}), dict):
+            raise UserError(f"config key '{dotted}': '{p}' is a value, not a section")
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`train.epochs=5` -> ("train.epochs", 5); values are read as YAML (numbers, lists, true/false)."""
+    if "=" not in text:
+        raise UserError(f"--set takes KEY=VALUE (e.g. --set train.epochs=5), got '{text}'")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def load_config(recipe: str | None = None, config_file: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Recipe or file, then overrides (dotted keys), validated into one ExperimentConfig."""
+    raw = load_raw(recipe, config_file)
+    raw.setdefault("name", recipe or (Path(config_file).stem if config_file else "run"))
+    for key, value in (overrides or {}).items():
+        if key == "model.name" and value != (raw.get("model") or {}).get("name"):
+            # Options belong to the recipe's model; another model would reject them.
+            raw.setdefault("model", {})["options"] = {}
+        set_key(raw, key, value)
+    return validate_config(raw)

@@ -1,0 +1,14 @@
+"""The one exception a user can cause. The CLI prints it as a single line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Something the user gave us is wrong (a flag, a config key, a path, an archive, a checkpoint).
+
+    The message says what is wrong and what to do about it, on one line.
+    """
+
+    exit_code = 2
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the message names the likely cause. Checkpoints of earlier epochs stay."""

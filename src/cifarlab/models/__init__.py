@@ -1,0 +1,9 @@
+"""The model zoo: `build_model(name, num_classes=..., **options)`; `cifarlab models` lists them.
+
+Importing a family module registers its models; add a new family by adding its import here.
+"""
+from cifarlab.models.registry import build_model, count_parameters, get_entry, model_names, register_model
+
+from cifarlab.models import mlp, resnet, tutorial  # noqa: F401  (registers the models)
+
+__all__ = ["build_model", "count_parameters", "get_entry", "model_names", "register_model"]

@@ -1,0 +1,71 @@
+"""One registry of models, built by name with keyword options (as timm's create_model).
+
+Every factory has the signature `factory(num_classes=10, in_channels=3, image_size=32, **options)`
+and returns an `nn.Module` mapping (B, in_channels, image_size, image_size) floats to (B, num_classes)
+logits (never softmax: the loss applies it).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from cifarlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    family: str
+    summary: str  # first line of the factory's docstring
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str | None = None, family: str = ""):
+    """Decorator: `@register_model("cifarnet", family="cifarnet")` over a factory function."""
+    def add(factory):
+        key = name or factory.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model '{key}' registered twice")
+        doc = inspect.getdoc(factory) or ""
+        _REGISTRY[key] = ModelEntry(key, factory, family or factory.__module__.rsplit(".", 1)[-1],
+                                    doc.splitlines()[0] if doc else "")
+        return factory
+    return add
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown model '{name}': {hint}`cifarlab models` lists them")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
+    """Build a registered model; a wrong option name or value is a one-line UserError."""
+    entry = get_entry(name)
+    params = inspect.signature(entry.factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params] if not takes_any else []
+    if unknown:
+        allowed = [k for k in params if k not in ("num_classes", "in_channels", "image_size")]
+        raise UserError(f"model '{name}' has no option '{unknown[0]}': its options are {', '.join(allowed) or 'none'}")
+    try:
+        return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model '{name}' cannot be built with {options or 'default options'}: {err}") from None
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
