@@ -138,6 +138,9 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
         print(f"{r['name']:<{w}}  {r['model']:<14} {r['epochs']:>4} ep  {rep:<22} {r['description']}")
 
 
+from cifarlab.cli import reports, studies  # noqa: E402,F401  (their commands register on `app`)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point: every user error becomes one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else list(argv)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
+EpochCallback = Callable[["Trainer", dict], None]  # called with the trainer and the epoch's metrics row
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -35,8 +36,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run: RunDir, log: Callable[[str], None] = print,
-                 progress: bool = False, state: dict | None = None):
-        self.cfg, self.run, self.progress = cfg, run, progress
+                 progress: bool = False, state: dict | None = None, callbacks: Sequence[EpochCallback] = ()):
+        self.cfg, self.run, self.progress, self.callbacks = cfg, run, progress, list(callbacks)
         self._log = log
         t = cfg.train
         if t.threads:
@@ -85,6 +86,8 @@ class Trainer:
             self.epoch = epoch
             self._save(improved)
             self.log(self._epoch_line(row, improved))
+            for callback in self.callbacks:  # e.g. live TensorBoard curves, Optuna pruning (may raise to stop)
+                callback(self, row)
             chance_streak = chance_streak + 1 if val_acc <= 1.5 / self.data.num_classes else 0
             if chance_streak == CHANCE_EPOCHS:
                 self.log(f"warning: validation accuracy has stayed at chance ({1 / self.data.num_classes:.0%}) for "
@@ -156,6 +159,7 @@ class Trainer:
             "run_dir": str(self.run.path), "val": val, "test": test,
         }
         self.run.write_json(self.run.summary, summary)
+        # reports hook: the run's report is written here (issue "Reports")
         test_part = f", test {test['accuracy']:.2%} (evaluated once)" if test else ", no test split"
         self.log(f"done: best val {self.best['val_accuracy']:.2%} at epoch {self.best['epoch']}{test_part}; "
                  f"{summary['train_images_per_second']:.0f} img/s; {self.run.path}")
@@ -228,17 +232,17 @@ class Trainer:
 # ---------------------------------------------------------------------- entry points
 
 def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-          progress: bool = False) -> dict:
+          progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
     """Train a config into a new run directory; returns the summary (also in summary.json)."""
     run = RunDir(out or default_run_dir(cfg.name)).open(new=True)
     try:
-        return Trainer(cfg, run, log, progress).fit()
+        return Trainer(cfg, run, log, progress, callbacks=callbacks).fit()
     finally:
         run.close()
 
 
 def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[str], None] = print,
-           progress: bool = False) -> dict:
+           progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
     """Continue an interrupted run exactly, or extend a finished one (`overrides={"train.epochs": N}`)."""
     run = RunDir(run_dir).open(new=False)
     try:
@@ -253,6 +257,6 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
         if state["epoch"] >= cfg.train.epochs and not overrides:
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
-        return Trainer(cfg, run, log, progress, state).fit()
+        return Trainer(cfg, run, log, progress, state, callbacks).fit()
     finally:
         run.close()
