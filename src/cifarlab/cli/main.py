@@ -54,6 +54,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue (or extend) the run in this directory"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="live curves: TensorBoard event files in RUN_DIR/tensorboard"),
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
@@ -68,13 +69,17 @@ def train(
     overrides.update(parse_assignment(s) for s in set_)
     say = _say(as_json)
     show_bar = progress and sys.stderr.isatty()
+    callbacks = []
+    if tensorboard:
+        from cifarlab.report.live import TensorBoardCallback
+        callbacks.append(TensorBoardCallback())
     if resume is not None:
         if recipe or config or out:
             raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
-        summary = resume_run(resume, overrides, log=say, progress=show_bar)
+        summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
     else:
         cfg = load_config(recipe, config, overrides)
-        summary = train_run(cfg, out, log=say, progress=show_bar)
+        summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
     if as_json:
         emit_json(summary)
 

@@ -160,6 +160,8 @@ class Trainer:
         }
         self.run.write_json(self.run.summary, summary)
         # reports hook: the run's report is written here (issue "Reports")
+        from cifarlab.report.build import report_finished_run  # here: matplotlib loads only when a run ends
+        report_finished_run(self)  # a failed report is a logged warning; the run and its summary stand
         test_part = f", test {test['accuracy']:.2%} (evaluated once)" if test else ", no test split"
         self.log(f"done: best val {self.best['val_accuracy']:.2%} at epoch {self.best['epoch']}{test_part}; "
                  f"{summary['train_images_per_second']:.0f} img/s; {self.run.path}")
