@@ -77,9 +77,10 @@ def _cell(value) -> str:
 
 def _table_html(t: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
+    head = f"<thead><tr>{head}</tr></thead>" if any(t.columns) else ""  # key/value tables need no header
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in t.rows)
     caption = f"<caption>{html.escape(t.caption)}</caption>" if t.caption and not t.collapsed else ""
-    table = f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table = f"<table>{caption}{head}<tbody>{body}</tbody></table>"
     if t.collapsed:
         return f"<details><summary>{html.escape(t.caption or 'table')} ({len(t.rows)} rows)</summary>{table}</details>"
     return table

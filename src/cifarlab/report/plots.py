@@ -120,7 +120,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], titl
     m = np.asarray(matrix, dtype=float)
     k = len(classes)
     rates = m / np.maximum(m.sum(1, keepdims=True), 1)
-    side = min(max(4.5, 0.55 * k + 2), 14)
+    side = min(max(4.0, 0.42 * k + 1.8), 12)
     fig = Figure(figsize=(side + 1, side))
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
