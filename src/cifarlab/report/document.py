@@ -61,7 +61,7 @@ section{background:#fff;border:1px solid #e0e3e7;border-radius:8px;padding:14px 
 h2{font-size:19px;margin:4px 0 12px}
 table{border-collapse:collapse;font-size:13.5px;margin:6px 0 10px}
 th,td{padding:3px 12px 3px 0;border-bottom:1px solid #eceef1;text-align:left;vertical-align:top}
-th{color:#5c6670;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{color:#5c6670;font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;color:#5c6670;font-size:13px;padding-bottom:4px}
 details summary{cursor:pointer;color:#2156a5;font-size:14px;margin:4px 0}
 figure{margin:6px 0 12px}figure img{max-width:100%;height:auto}
@@ -69,16 +69,20 @@ figcaption{color:#5c6670;font-size:13px}p.note{color:#3c4650;font-size:14px;marg
 """
 
 
-def _cell(value) -> str:
-    text = str(value)
-    cls = ' class="num"' if _NUMBER.match(text) else ""
-    return f"<td{cls}>{html.escape(text)}</td>"
+def _numeric_columns(t: Table) -> set[int]:
+    """Columns whose every filled cell is a number: right-aligned, header included."""
+    return {j for j in range(len(t.columns))
+            if all(_NUMBER.match(str(r[j])) for r in t.rows if j < len(r) and str(r[j]))
+            and any(j < len(r) and str(r[j]) for r in t.rows)}
 
 
 def _table_html(t: Table) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
+    num = _numeric_columns(t)
+    cls = lambda j: ' class="num"' if j in num else ""  # noqa: E731
+    head = "".join(f"<th{cls(j)}>{html.escape(str(c))}</th>" for j, c in enumerate(t.columns))
     head = f"<thead><tr>{head}</tr></thead>" if any(t.columns) else ""  # key/value tables need no header
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in t.rows)
+    body = "".join("<tr>" + "".join(f"<td{cls(j)}>{html.escape(str(v))}</td>" for j, v in enumerate(row)) + "</tr>"
+                   for row in t.rows)
     caption = f"<caption>{html.escape(t.caption)}</caption>" if t.caption and not t.collapsed else ""
     table = f"<table>{caption}{head}<tbody>{body}</tbody></table>"
     if t.collapsed:

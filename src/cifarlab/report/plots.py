@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # before any pyplot import anywhere: reports never need a display
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 def _plain_text(plot):
     """Run names and class names are data, not TeX: a '$' in them must not start mathtext."""
@@ -69,6 +70,8 @@ def plot_curves(histories: Mapping[str, Sequence[dict]], best_epochs: Mapping[st
                     ax.plot([best], [vals[j]], "o", color=color, ms=7, mfc="white", mew=2)
                     ax.axvline(best, color=color, lw=0.8, alpha=0.4)
     for ax, (title, _, _) in zip(axes, panels):
+        if title == "accuracy":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
