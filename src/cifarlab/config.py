@@ -273,9 +273,10 @@ def load_config(recipe: str | None = None, config_file: str | Path | None = None
     """Recipe or file, then overrides (dotted keys), validated into one ExperimentConfig."""
     raw = load_raw(recipe, config_file)
     raw.setdefault("name", recipe or (Path(config_file).stem if config_file else "run"))
-    for key, value in (overrides or {}).items():
-        if key == "model.name" and value != (raw.get("model") or {}).get("name"):
-            # Options belong to the recipe's model; another model would reject them.
-            raw.setdefault("model", {})["options"] = {}
+    overrides = dict(overrides or {})
+    if "model.name" in overrides and overrides["model.name"] != (raw.get("model") or {}).get("name"):
+        # The recipe's options belong to the recipe's model; another model would reject them.
+        raw.setdefault("model", {})["options"] = {}
+    for key, value in overrides.items():
         set_key(raw, key, value)
     return validate_config(raw)

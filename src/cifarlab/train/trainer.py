@@ -163,6 +163,9 @@ class Trainer:
         test_part = f", test {test['accuracy']:.2%} (evaluated once)" if test else ", no test split"
         self.log(f"done: best val {self.best['val_accuracy']:.2%} at epoch {self.best['epoch']}{test_part}; "
                  f"{summary['train_images_per_second']:.0f} img/s; {self.run.path}")
+        per_class = test["per_class_accuracy"] if test else val["per_class_accuracy"]
+        self.log(f"per-class {'test' if test else 'val'} accuracy: "
+                 + ", ".join(f"{c} {a:.0%}" for c, a in per_class.items()))
         return summary
 
     # ------------------------------------------------------------------ helpers
