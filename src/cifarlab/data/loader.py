@@ -102,8 +102,10 @@ class PreparedData:
         if self.concat_original:  # every image twice per epoch: once as is, once augmented
             mix = torch.randperm(2 * n, generator=generator)
             order, keep = order.repeat(2)[mix], (torch.arange(2 * n) < n)[mix]
-        order = order[rank::world]
-        keep = keep[rank::world] if keep is not None else None
+        if world > 1:  # equal shards: every rank must take the same number of steps, or DDP waits forever
+            usable = len(order) // world * world
+            order = order[:usable][rank::world]
+            keep = keep[:usable][rank::world] if keep is not None else None
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size].to(self.train.x.device)
             if len(idx) < 2:  # a batch of one breaks BatchNorm and teaches nothing
