@@ -130,3 +130,11 @@ def test_folder_tarball_trains_from_the_cli(cli, tmp_path):
                          "--threads", "1", "--out", tmp_path / "r", "--lr", "0.01", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["best_val_accuracy"] > 0.5  # colours are easy to tell apart
+
+
+def test_eval_with_flip_tta(cli, trained):
+    out, _ = trained
+    code, stdout, _ = cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--tta", "--json")
+    plain = json.loads(cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--json")[1].splitlines()[-1])
+    tta = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]

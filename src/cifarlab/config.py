@@ -99,6 +99,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     channels_last: bool = True
+    tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits")
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")

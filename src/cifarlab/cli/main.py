@@ -111,12 +111,13 @@ def evaluate(
     split: str = typer.Option("auto", help="auto (test if the dataset has one, else all) | test | val | train | all"),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     device: str = typer.Option("auto"),
+    tta: bool = typer.Option(False, "--tta", help="average predictions over each image and its mirror image"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
     from cifarlab.train.evaluate import evaluate_checkpoint
 
-    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device)
+    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta)
     say = _say(as_json)
     say(f"{res['data']} [{res['split']}], {res['images']} images: accuracy {res['accuracy']:.2%}, "
         f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")

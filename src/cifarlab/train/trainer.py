@@ -200,8 +200,9 @@ class Trainer:
             self.run.append_log(line)
 
     def _predict(self, split):
-        return predict(self.model, self.data.eval_batches(split, self.cfg.train.eval_batch_size), self.device,
-                       self.precision, self.cfg.train.channels_last)
+        t = self.cfg.train
+        return predict(self.model, self.data.eval_batches(split, t.eval_batch_size), self.device, self.precision,
+                       t.channels_last, t.tta_flip)
 
     def _out_of_time(self, running: float = 0.0) -> bool:
         limit = self.cfg.train.time_limit_minutes
