@@ -169,3 +169,8 @@ def test_fp16_needs_cuda():
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         from cifarlab.train.runtime import resolve_precision
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_progress_bar_run(tmp_path):
+    s = train(cfg_with(**{"train.epochs": 1}), tmp_path / "p", log=quiet, progress=True)
+    assert s["epochs_run"] == 1
