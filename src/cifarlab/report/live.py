@@ -23,6 +23,8 @@ class TensorBoardCallback:
         self.log_dir = None
 
     def __call__(self, trainer, row: dict) -> None:
+        if not getattr(getattr(trainer, "dist", None), "is_main", True):
+            return  # under DDP every rank sees the same row; one writes it
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             self.log_dir = trainer.run.path / "tensorboard"
