@@ -17,8 +17,8 @@ import torch
 from cifarlab.errors import UserError
 from cifarlab.report import plots
 from cifarlab.report.document import Image, Note, Report, Section, Table, write_report
-from cifarlab.report.predict import load_model
 from cifarlab.report.format import format_count, format_seconds, pct
+from cifarlab.report.predict import load_model
 from cifarlab.report.runs import COLUMNS, Run, find_runs, format_row, is_run_dir, load_run, run_row
 from cifarlab.report.summary import layer_table, table_totals
 
@@ -136,7 +136,7 @@ def _misclassified(ckpt: dict, model, data) -> list:
         return [Note("no validation image is misclassified")]
     images = data.val.x[order.to(device)].cpu().permute(0, 2, 3, 1).float().div(255).numpy()  # raw pixels, not normalised
     classes = ckpt["classes"]
-    titles = [f"{classes[labels[i]]} → {classes[pred[i]]}\n{conf[i]:.0%}" for i in order.tolist()]
+    titles = [f"{classes[labels[i]]} → {classes[pred[i]]}\n{conf[i]:.1%}" for i in order.tolist()]
     fig = plots.plot_image_grid(images, titles, cols=8)
     return [_img("misclassified", fig, f"the {len(order)} most confidently wrong of {int(wrong.sum())} misclassified "
                                        f"validation images ({len(labels)} in all): true → predicted, confidence")]

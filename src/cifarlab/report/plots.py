@@ -158,7 +158,7 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str] | None = None, col
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
     gap = max(1, w // 8)
-    band = math.ceil(0.36 * w / cell) if titles else 0  # room for two lines of small text, in pixels
+    band = math.ceil(0.4 * w / cell) if titles else 0  # room for two lines of small text, in pixels
     canvas = np.ones((rows * (h + band + gap) + gap, cols * (w + gap) + gap, 3))
     fig = Figure(figsize=(canvas.shape[1] * cell / w, canvas.shape[0] * cell / w))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -167,7 +167,7 @@ def plot_image_grid(images: np.ndarray, titles: Sequence[str] | None = None, col
         y, x = gap + r * (h + band + gap) + band, gap + c * (w + gap)
         canvas[y:y + h, x:x + w] = images[i]
         if titles:
-            ax.text(x + w / 2, y - 0.5, titles[i], ha="center", va="bottom", fontsize=7, linespacing=1.1)
+            ax.text(x + w / 2, y - 0.5, titles[i], ha="center", va="bottom", fontsize=8, linespacing=1.1)
     ax.imshow(canvas, interpolation="nearest")
     ax.axis("off")
     return fig
