@@ -269,3 +269,9 @@ def test_train_tensorboard_missing_package(capsys, monkeypatch, tmp_path):
     fails(capsys, "train", "--recipe", "quickstart", "--out", tmp_path / "x", "--tensorboard",
           says="pip install cifarlab[tensorboard]")
     assert not (tmp_path / "x").exists()  # refused before any training
+
+
+def test_train_tensorboard_with_several_processes_is_refused(capsys, tmp_path):
+    fails(capsys, "train", "--recipe", "quickstart", "--out", tmp_path / "x", "--tensorboard", "--nproc", "2",
+          says="--tensorboard works with --nproc 1 only")
+    assert not (tmp_path / "x").exists()
