@@ -124,7 +124,7 @@ def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     cfg = load_config(config_file=tmp_path / "st" / "best.yaml")
     assert cfg.optimizer.lr == best.params["optimizer.lr"] and cfg.model.name == "mlp"
     table = (tmp_path / "st" / "results.md").read_text()
-    assert table.count("| COMPLETE |") == 4 and "| step | varies |" in table
+    assert table.count("| COMPLETE |") == 4 and "| step | varies |" in table and table.count("kept") == 2
     assert len((tmp_path / "st" / "results.csv").read_text().splitlines()) == 5
     assert {Path(p).name for p in summary["plots"]} == {"optimizer.lr.png", "train.batch_size.png"}
     # rerunning continues the study: nothing left, nothing trained again

@@ -29,15 +29,27 @@ def _effective(study: Study, params: dict) -> dict:
 
 
 def collect(study: Study, s) -> list[dict]:
+    from cifarlab.studies.ofat import best_of_step
+
+    kept = {}
+    if study.method == "ofat":  # the value each step kept, marked in its row as seed 001's tables did
+        kept = {step: best_of_step(s, study, step) for step in range(len(study.params))}
+        kept = {step: t.params[t.user_attrs["varies"]] for step, t in kept.items() if t is not None}
     rows = []
     for t in s.get_trials(deepcopy=False):
         a = t.user_attrs
         vals = a.get("val_accuracies") or []
         note = a.get("fail_reason", "")
+        if "same_as" in a:
+            note = f"same configuration as trial {a['same_as']}, not trained again"
         if "failed_trial" in t.system_attrs:
             note = f"retry of trial {t.system_attrs['failed_trial']}" + (f"; {note}" if note else "")
         if t.state == TrialState.PRUNED and t.intermediate_values:
             note = f"pruned after epoch {max(t.intermediate_values)}"
+        step = a.get("step")
+        if step is not None and t.state == TrialState.COMPLETE and t.params.get(a["varies"]) == kept.get(step) \
+                and all(r["step"] != step or "kept" not in r["note"] for r in rows):
+            note = "kept" + (f"; {note}" if note else "")
         rows.append({"trial": t.number, "state": t.state.name, "step": a.get("step", ""), "varies": a.get("varies", ""),
                      **_effective(study, {k: v for k, v in t.params.items()}),
                      "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,

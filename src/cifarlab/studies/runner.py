@@ -37,17 +37,28 @@ Log = Callable[[str], None]
 
 # ---------------------------------------------------------------------- storage and study
 
+def _driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 (the `postgres` extra) where only it is here."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and not importlib.util.find_spec("psycopg") \
+            and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     kw = "heartbeat_stale_trial_callback" if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback") \
         else "failed_trial_callback"
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+        return optuna.storages.RDBStorage(_driver(url), heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                           **{kw: retry(max_retry=MAX_RETRY)},
                                           engine_kwargs={"pool_pre_ping": True})
-    except ModuleNotFoundError as err:
-        raise UserError(f"storage '{url}' needs the Python package '{err.name}': "
+    except ImportError:
+        raise UserError(f"storage '{url}' needs a database driver that is not installed: "
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
     except Exception as err:  # sqlalchemy's errors: bad URL, server down, wrong password
         msg = " ".join(str(err).split())[:200]
