@@ -109,7 +109,7 @@ def test_presets_are_valid():
 # ---------------------------------------------------------------------- end to end
 
 def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
-    f = study_file(tmp_path, {"optimizer.lr": [0.002, 0.05], "train.batch_size": [16, 64]}, "ofat", method="ofat",
+    f = study_file(tmp_path, {"optimizer.lr": [0.002, 0.05], "train.batch_size": [32, 64]}, "ofat", method="ofat",
                    set={"model.name": "mlp"})
     code, out, err = cli(capsys, "sweep", "--config", f, "--out", tmp_path / "st", "--json")
     assert code == 0, err
@@ -119,6 +119,9 @@ def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     assert all(t.state.name == "COMPLETE" for t in trials)
     step0 = max(trials[:2], key=lambda t: (t.value, -t.number))
     assert all(t.params["optimizer.lr"] == step0.params["optimizer.lr"] for t in trials[2:])  # the kept value
+    carried = [t for t in trials if "same_as" in t.user_attrs]  # the kept configuration is not trained again
+    assert len(carried) == 1 and carried[0].user_attrs["same_as"] == step0.number and carried[0].value == step0.value
+    assert len(list((tmp_path / "st" / "trials").iterdir())) == 3
     best = max(trials, key=lambda t: (t.value, -t.number))
     assert summary["best"]["trial"] == best.number and summary["best"]["val_accuracy"] == best.value
     cfg = load_config(config_file=tmp_path / "st" / "best.yaml")
@@ -137,7 +140,7 @@ def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     assert code == 2 and "another base or space" in err
 
 
-def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys):
+def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys, monkeypatch):
     f = study_file(tmp_path, {"optimizer.lr": {"log_uniform": [1e-3, 1e-1]}, "optimizer.momentum": [0.0, 0.9]},
                    "tpe", method="tpe", trials=5, pruner="median", set={"train.epochs": 2})
     code, out, err = cli(capsys, "sweep", "--config", f, "--out", tmp_path / "st", "--json")
@@ -146,11 +149,14 @@ def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys):
     assert len(trials) == 5 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
     assert all(len(t.intermediate_values) >= 1 for t in trials)  # per-epoch reports fed the pruner
-    # a diverging configuration fails with its reason and the study goes on
-    g = study_file(tmp_path, {"optimizer.lr": [1e9, 0.01]}, "div", set={"model.name": "mlp"})
-    code, out, err = cli(capsys, "sweep", "--config", g, "--out", tmp_path / "div")
+    # a diverging configuration fails with its reason and the study goes on (here with a second local worker)
+    g = study_file(tmp_path, {"optimizer.lr": [1e9, 0.01, 0.02]}, "div", set={"model.name": "mlp"})
+    monkeypatch.setenv("PYTHONPATH", SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))  # for the worker process
+    code, out, err = cli(capsys, "sweep", "--config", g, "--out", tmp_path / "div", "--jobs", "2")
     assert code == 0, err
-    a, b = trials_of(tmp_path / "div", "div")
+    a, b, c = trials_of(tmp_path / "div", "div")
+    assert sorted(t.params["optimizer.lr"] for t in (a, b, c)) == [0.01, 0.02, 1e9]
+    assert (tmp_path / "div" / "worker-1.log").read_text().startswith("worker 1 joined")
     assert a.state.name == "FAIL" and "diverged" in a.user_attrs["fail_reason"]
     assert b.state.name == "COMPLETE"
     assert "diverged" in (tmp_path / "div" / "results.md").read_text()

@@ -12,7 +12,6 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from cifarlab.config import validate_config
 from cifarlab.studies.space import Study, decode, encode
 
 
@@ -24,18 +23,12 @@ def best_of_step(s: optuna.Study, study: Study, step: int):
     return max(done, key=lambda t: (t.value, -order.index(t.params[key])), default=None)
 
 
-def _value(study: Study, params: dict, key: str):
-    node = validate_config(study.config(params)).to_dict()
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _carry_over(s: optuna.Study, study: Study, kept, params: dict, attrs: dict) -> None:
     dists = {**kept.distributions, attrs["varies"]: CategoricalDistribution(
         [encode(v) for v in study.params[attrs["step"]].choices])}
+    origin = kept.user_attrs.get("same_as", kept.number)
     s.add_trial(optuna.create_trial(params=params, distributions=dists, value=kept.value,
-                                    user_attrs={**kept.user_attrs, **attrs, "same_as": kept.user_attrs.get("same_as", kept.number)}))
+                                    user_attrs={**kept.user_attrs, **attrs, "same_as": origin}))
 
 
 def run_ofat(study: Study, s: optuna.Study, drain) -> dict:
@@ -46,7 +39,7 @@ def run_ofat(study: Study, s: optuna.Study, drain) -> dict:
     best, kept = {}, None
     for step, p in enumerate(study.params):
         have = {t.user_attrs.get("slot") for t in s.get_trials(deepcopy=False)}
-        current = _value(study, best, p.key)
+        current = study.effective(best)[p.key]
         todo = []
         for i, v in enumerate(p.choices):
             params, attrs = {**best, p.key: encode(v)}, {"slot": f"ofat-{step}-{i}", "step": step, "varies": p.key}

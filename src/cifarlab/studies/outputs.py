@@ -16,18 +16,6 @@ from cifarlab.studies.space import Study, decode
 from cifarlab.train.checkpoint import atomic_write_text
 
 
-def _effective(study: Study, params: dict) -> dict:
-    """The value every searched key had in the trial (OFAT trials only set the keys visited so far)."""
-    cfg = validate_config(study.config(params)).to_dict()
-    out = {}
-    for p in study.params:
-        node = cfg
-        for part in p.key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        out[p.key] = node
-    return out
-
-
 def collect(study: Study, s) -> list[dict]:
     from cifarlab.studies.ofat import best_of_step
 
@@ -51,7 +39,7 @@ def collect(study: Study, s) -> list[dict]:
                 and all(r["step"] != step or "kept" not in r["note"] for r in rows):
             note = "kept" + (f"; {note}" if note else "")
         rows.append({"trial": t.number, "state": t.state.name, "step": a.get("step", ""), "varies": a.get("varies", ""),
-                     **_effective(study, {k: v for k, v in t.params.items()}),
+                     **study.effective(t.params),
                      "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,
                      "val_std": statistics.stdev(vals) if len(vals) > 1 else None,
                      "test_accuracy": a.get("test_accuracy"), "seeds": len(vals) or None,
@@ -121,8 +109,8 @@ def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
 def write_outputs(study: Study, s, out: Path, log=print, export_best: bool = True) -> dict:
     rows = collect(study, s)
     keys = [p.key for p in study.params]
-    columns = ["trial", "state"] + (["step", "varies"] if study.method == "ofat" else []) + keys + \
-        ["val_accuracy"] + (["val_std", "seeds"] if study.repeats > 1 else []) + ["test_accuracy", "train_seconds", "note"]
+    columns = ["trial", "state"] + (["step", "varies"] if study.method == "ofat" else []) + keys + ["val_accuracy"] \
+        + (["val_std", "seeds"] if study.repeats > 1 else []) + ["test_accuracy", "train_seconds", "note"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()

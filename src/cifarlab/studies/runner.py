@@ -50,9 +50,10 @@ def _driver(url: str) -> str:
 
 def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
-    kw = "heartbeat_stale_trial_callback" if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback") \
-        else "failed_trial_callback"
+    # optuna 4.9 renamed the retry callback and its argument; older releases know only the first names
+    new = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback if new else optuna.storages.RetryFailedTrialCallback
+    kw = "heartbeat_stale_trial_callback" if new else "failed_trial_callback"
     try:
         return optuna.storages.RDBStorage(_driver(url), heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
                                           **{kw: retry(max_retry=MAX_RETRY)},

@@ -110,6 +110,17 @@ class Study:
             set_key(raw, "train.seed", seed)
         return raw
 
+    def effective(self, params: dict) -> dict:
+        """The value every searched key has in a trial (OFAT trials set only the keys visited so far)."""
+        cfg = validate_config(self.config(params)).to_dict()
+        out = {}
+        for p in self.params:
+            node = cfg
+            for part in p.key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            out[p.key] = node
+        return out
+
     def seeds(self) -> list[int | None]:
         if self.repeats == 1:
             return [None]  # the base's own seed
