@@ -174,7 +174,7 @@ def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, ca
                    set={"train.epochs": 3, "data.train_limit": 600})
     out = tmp_path / "st"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", "from cifarlab.cli.main import main; main()", "sweep",
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "sweep",
                              "--config", str(f), "--out", str(out), "--heartbeat", "1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 90

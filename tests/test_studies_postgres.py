@@ -73,7 +73,7 @@ def test_two_workers_on_one_postgres_study(postgres_url, tmp_path):
                 "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant", "model.name": "mlp"},
         "space": {"optimizer.lr": [0.003, 0.01, 0.03], "optimizer.momentum": [0.0, 0.9]}}))
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-c", "from cifarlab.cli.main import main; main()"]
+    cmd = [sys.executable, "-m", "cifarlab"]
     sweep = subprocess.Popen([*cmd, "sweep", "--config", str(f), "--storage", postgres_url, "--out",
                               str(tmp_path / "a"), "--heartbeat", "2"], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)

@@ -258,7 +258,7 @@ def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> li
     procs = []
     for i in range(1, n + 1):
         logf = open(out / f"worker-{i}.log", "a")
-        cmd = [sys.executable, "-c", "from cifarlab.cli.main import main; main()", "worker", "--study", name,
+        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name,
                "--storage", url, "--out", str(out), "--worker-index", str(i), "--heartbeat", str(heartbeat)]
         procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
     return procs
