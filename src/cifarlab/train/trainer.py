@@ -63,6 +63,8 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.model = build_model(cfg.model.name, num_classes=self.data.num_classes, in_channels=c, image_size=h,
                                  **cfg.model.options).to(self.device)
+        if hasattr(self.model, "init_from_data"):  # e.g. a whitening first layer set from training images
+            self.model.init_from_data(self.data.transform(self.data.train.x[:5000], train=False))
         if t.channels_last:  # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Time-to-accuracy of a recipe on the shared CIFAR-10 images: runs it once and prints the
+accuracy-vs-time curve (cumulative training seconds and wall seconds per epoch).
+
+  python benchmarks/speedrun.py --recipe speedrun-cpu [--set train.epochs=8 ...]
+
+Appends one JSON line to benchmarks/results/speedrun.jsonl (machine, date, curve, summary).
+"""
+import argparse
+import csv
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+p = argparse.ArgumentParser()
+p.add_argument("--recipe", default="speedrun-cpu")
+p.add_argument("--data", default=str(ROOT.parent / "shared/data/cifar10-jpeg/train.tar.gz"))
+p.add_argument("--set", action="append", default=[])
+a = p.parse_args()
+
+out = Path(tempfile.mkdtemp(prefix="speedrun-")) / "run"
+cmd = [sys.executable, "-m", "cifarlab", "train", "--recipe", a.recipe, "--data", f"folder:{a.data}",
+       "--out", str(out), "--json", "--no-progress"] + [x for s in a.set for x in ("--set", s)]
+summary = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+env = json.loads((out / "environment.json").read_text())
+curve, train_s, wall_s = [], 0.0, 0.0
+with open(out / "metrics.csv") as f:
+    for row in csv.DictReader(f):
+        train_s += float(row["train_seconds"])
+        wall_s += float(row["epoch_seconds"])
+        curve.append({"epoch": int(row["epoch"]), "train_s": round(train_s, 1), "wall_s": round(wall_s, 1),
+                      "val_accuracy": round(float(row["val_accuracy"]), 4)})
+        print(f"epoch {row['epoch']:>2}  {train_s:7.1f} s training  {wall_s:7.1f} s with evaluation  "
+              f"val {float(row['val_accuracy']):.2%}")
+result = {"date": datetime.date.today().isoformat(), "recipe": a.recipe, "overrides": a.set,
+          "machine": f"{env['cpu']} x{env['cpu_count']}", "device": env["device"], "precision": env["precision"],
+          "torch": env["packages"]["torch"], "best_val_accuracy": summary["best_val_accuracy"],
+          "best_epoch": summary["best_epoch"], "train_images_per_second": round(summary["train_images_per_second"], 1),
+          "curve": curve}
+print(json.dumps(result))
+(ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
+with open(ROOT / "benchmarks/results/speedrun.jsonl", "a") as f:
+    f.write(json.dumps(result) + "\n")

@@ -1,0 +1,65 @@
+"""A fast-to-train CIFAR network in the style of airbench (Keller Jordan's cifar10-airbench).
+
+Not a copy of airbench's code: the ideas, each with the reason it is here.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cifarlab.models.registry import register_model
+
+
+class ConvGroup(nn.Module):
+    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU: pooling early halves the cost of everything after it."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding="same", bias=False)
+        self.norm1, self.norm2 = nn.BatchNorm2d(c_out, momentum=0.4), nn.BatchNorm2d(c_out, momentum=0.4)
+        for conv in (self.conv1, self.conv2):  # partial identity init: trains like a shallower net at first
+            w = conv.weight.data
+            torch.nn.init.dirac_(w[:w.size(1)])
+
+    def forward(self, x):
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class SpeedrunNet(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9):
+        super().__init__()
+        # 2x2 patch whitening: a fixed first layer that decorrelates pixels, set from the data
+        self.whiten = nn.Conv2d(in_channels, whiten_width, 2, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        blocks, c = [], whiten_width
+        for w in widths:
+            blocks.append(ConvGroup(c, w))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(c, num_classes, bias=False)
+        self.scale = scale  # small logits at init: the softmax starts nearly uniform, as with a temperature
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening weights from the eigenvectors of the covariance of the training images' 2x2 patches."""
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).flatten(3)
+        patches = patches.reshape(-1, patches.size(-1)).double()
+        patches = patches - patches.mean(0)
+        eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))
+        half = self.whiten.out_channels // 2
+        w = (eigvec.T.flip(0) / torch.sqrt(eigval.flip(0) + eps)[:, None])[:half]
+        w = w.reshape(half, *self.whiten.weight.shape[1:]).to(self.whiten.weight.dtype)
+        self.whiten.weight.copy_(torch.cat([w, -w]))  # both signs: GELU would otherwise drop half of each
+
+    def forward(self, x):
+        x = F.gelu(self.whiten(x))
+        x = self.blocks(x)
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        return self.head(x) * self.scale
+
+
+@register_model("speedrun_net", family="speedrun")
+def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24):
+    """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy."""
+    return SpeedrunNet(num_classes, in_channels, tuple(widths), whiten_width)
