@@ -1,0 +1,30 @@
+"""The airbench-style speedrun network: whitening from data, and a short run of its recipe."""
+import torch
+from conftest import tiny_overrides
+
+from cifarlab.config import load_config
+from cifarlab.models import build_model
+from cifarlab.train.trainer import train
+
+
+def test_whitening_layer_decorrelates_patches():
+    torch.manual_seed(0)
+    base = torch.randn(64, 3, 8, 8)
+    images = torch.nn.functional.interpolate(base, size=32, mode="bilinear")  # smooth: neighbours correlate strongly
+    net = build_model("speedrun_net", widths=[16, 16, 16])
+    net.init_from_data(images)
+    out = net.whiten(images)[:, :12] - net.whiten.bias[:12, None, None]
+    feats = out.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(feats.T)
+    off_diagonal = cov - torch.diag(cov.diag())
+    assert off_diagonal.abs().max() < 1e-3  # decorrelated
+    assert (cov.diag() > 0.75).all() and (cov.diag() < 1.01).all()  # unit variance, less where eps dominates
+    assert torch.equal(net.whiten.weight[:12], -net.whiten.weight[12:])
+    assert not net.whiten.weight.requires_grad
+
+
+def test_speedrun_recipe_trains(tmp_path):
+    cfg = load_config(recipe="speedrun-cpu", overrides=tiny_overrides(**{"model.options.widths": [16, 32, 32],
+                                                                         "optimizer.lr": 0.5}))
+    s = train(cfg, tmp_path / "r", log=lambda _: None)
+    assert s["status"] == "completed" and s["best_val_accuracy"] > 0.15
