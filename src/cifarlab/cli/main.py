@@ -1,0 +1,176 @@
+"""The `cifarlab` command. Each command is a thin layer over the Python API.
+
+Errors a user can cause (UserError, bad flags) print one line `cifarlab: error: ...` and exit 2;
+a traceback means a bug in cifarlab.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from typer.exceptions import TyperException
+
+from cifarlab.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Define, train, evaluate and compare image classifiers.")
+
+
+def emit_json(obj: Any) -> None:
+    """The last line on stdout: one JSON object (machine-readable result)."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _say(as_json: bool):
+    """Human lines go to stdout, or to stderr when stdout is reserved for --json."""
+    stream = sys.stderr if as_json else sys.stdout
+    return lambda line: print(line, file=stream, flush=True)
+
+
+@app.command()
+def train(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="a recipe shipped with cifarlab (see `cifarlab recipes`)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a YAML config file"),
+    model: Optional[str] = typer.Option(None, help="model name (see `cifarlab models`)"),
+    data: Optional[str] = typer.Option(None, help="sample | cifar10[:PATH] | tinyimagenet:PATH | folder:PATH"),
+    epochs: Optional[int] = typer.Option(None, help="number of epochs (with --resume: the new total)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
+    schedule: Optional[str] = typer.Option(None, help="constant | step | multistep | cosine | onecycle"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    seed: Optional[int] = typer.Option(None),
+    val_size: Optional[float] = typer.Option(None, "--val-size", help="validation images: a count or a fraction"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="minutes of training time at most"),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp16 | fp32"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.label_smoothing=0.1"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="the run directory (default runs/NAME-TIME)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue (or extend) the run in this directory"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
+):
+    """Train a model: a recipe or config file, plus overrides."""
+    from cifarlab.config import load_config, parse_assignment
+    from cifarlab.train.trainer import resume as resume_run, train as train_run
+
+    flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
+             "optimizer.lr": lr, "optimizer.name": optimizer, "schedule.name": schedule,
+             "optimizer.weight_decay": weight_decay, "train.seed": seed, "data.val_size": val_size,
+             "train.time_limit_minutes": time_limit, "train.precision": precision, "train.device": device,
+             "train.threads": threads}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(parse_assignment(s) for s in set_)
+    say = _say(as_json)
+    show_bar = progress and sys.stderr.isatty()
+    if resume is not None:
+        if recipe or config or out:
+            raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
+        summary = resume_run(resume, overrides, log=say, progress=show_bar)
+    else:
+        cfg = load_config(recipe, config, overrides)
+        summary = train_run(cfg, out, log=say, progress=show_bar)
+    if as_json:
+        emit_json(summary)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
+    data: str = typer.Option(..., "--data", help="dataset spec, as for train"),
+    split: str = typer.Option("auto", help="auto (test if the dataset has one, else all) | test | val | train | all"),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
+    from cifarlab.train.evaluate import evaluate_checkpoint
+
+    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device)
+    say = _say(as_json)
+    say(f"{res['data']} [{res['split']}], {res['images']} images: accuracy {res['accuracy']:.2%}, "
+        f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")
+    for c, a in res["per_class_accuracy"].items():
+        say(f"  accuracy of {c:>12}: {a:6.2%}")
+    if as_json:
+        emit_json(res)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json")):
+    """List the registered models with their parameter counts (at 10 classes, 3x32x32)."""
+    from cifarlab.models import build_model, count_parameters, get_entry, model_names
+
+    rows = []
+    for name in model_names():
+        e = get_entry(name)
+        rows.append({"name": name, "family": e.family, "parameters": count_parameters(build_model(name)),
+                     "summary": e.summary})
+    if as_json:
+        return emit_json(rows)
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{w}}  {r['parameters']:>12,}  {r['family']:<12}  {r['summary']}")
+
+
+@app.command()
+def recipes(as_json: bool = typer.Option(False, "--json")):
+    """List the recipes shipped with cifarlab (use one with `cifarlab train --recipe NAME`)."""
+    from cifarlab.config import list_recipes, load_config
+
+    rows = []
+    for name in list_recipes():
+        cfg = load_config(recipe=name)
+        rep = cfg.reported
+        rows.append({"name": name, "model": cfg.model.name, "data": cfg.data.dataset, "epochs": cfg.train.epochs,
+                     "reported_accuracy": rep.accuracy if rep else None, "source": rep.source if rep else "",
+                     "description": cfg.description})
+    if as_json:
+        return emit_json(rows)
+    w = max(len(r["name"]) for r in rows)
+    for r in rows:
+        rep = f"{r['reported_accuracy']:.1%} ({r['source']})" if r["reported_accuracy"] else ""
+        print(f"{r['name']:<{w}}  {r['model']:<14} {r['epochs']:>4} ep  {rep:<22} {r['description']}")
+
+
+from cifarlab.cli import reports, studies  # noqa: E402,F401  (their commands register on `app`)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point: every user error becomes one line on stderr and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        app(args=args or ["--help"], prog_name="cifarlab", standalone_mode=False)
+    except UserError as err:
+        print(f"cifarlab: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except typer.Exit as err:
+        return err.exit_code
+    except typer.Abort:
+        print("cifarlab: interrupted", file=sys.stderr)
+        return 130
+    except TyperException as err:  # typer's (vendored click) usage errors: unknown flag, bad value
+        if type(err).__name__ == "NoArgsIsHelpError":
+            return 0
+        ctx = getattr(err, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        msg = err.format_message() if hasattr(err, "format_message") else str(err)
+        print(f"cifarlab: error: {' '.join(msg.split())}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cifarlab: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

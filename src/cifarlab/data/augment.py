@@ -1,0 +1,58 @@
+"""Batched augmentation on the device with kornia (one call per batch, no per-image Python).
+
+Images enter as float in [0, 1] (before normalisation, as the AutoAugment policy expects);
+cutout runs after normalisation so that the erased square is the dataset mean (zero).
+Randomness comes from torch's global generator, which the trainer reseeds every epoch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cifarlab.config import AugmentConfig
+
+
+def build_augment(cfg: AugmentConfig, image_size: int) -> tuple[nn.Module | None, nn.Module | None]:
+    """(before-normalisation pipeline, after-normalisation pipeline); None where nothing is on."""
+    import kornia.augmentation as K
+    from kornia.augmentation.auto import AutoAugment
+
+    before: list[nn.Module] = []
+    if cfg.crop_padding:
+        before.append(K.RandomCrop((image_size, image_size), padding=cfg.crop_padding))
+    if cfg.flip:
+        before.append(K.RandomHorizontalFlip(p=0.5))
+    if cfg.rotation:
+        before.append(K.RandomRotation(cfg.rotation, p=1.0))
+    if cfg.color_jitter:
+        cj = cfg.color_jitter
+        before.append(K.ColorJitter(cj.brightness, cj.contrast, cj.saturation, cj.hue, p=1.0))
+    if cfg.autoaugment:
+        before.append(AutoAugment(policy="cifar10"))
+    after: list[nn.Module] = []
+    if cfg.cutout:
+        area = min(1.0, (cfg.cutout / image_size) ** 2)
+        # scale == area and ratio 1: a fixed square of side `cutout`, as in DeVries & Taylor (2017)
+        after.append(K.RandomErasing(scale=(area, area), ratio=(1.0, 1.0), value=0.0, p=1.0))
+    return (nn.Sequential(*before) if before else None, nn.Sequential(*after) if after else None)
+
+
+class BatchTransform:
+    """uint8 batch on the device -> augmented, normalised float batch, ready for the model."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, augment: AugmentConfig | None, image_size: int):
+        self.mean = mean.view(1, -1, 1, 1)
+        self.std = std.view(1, -1, 1, 1)
+        self.before, self.after = build_augment(augment, image_size) if augment else (None, None)
+
+    def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None) -> torch.Tensor:
+        x = xb.float().div_(255)
+        orig = x
+        if train and self.before is not None:
+            x = self.before(x)
+        x = (x - self.mean) / self.std
+        if train and self.after is not None:
+            x = self.after(x)
+        if keep_original is not None:  # "original + augmented copy": these rows stay un-augmented
+            x = torch.where(keep_original.view(-1, 1, 1, 1), (orig - self.mean) / self.std, x)
+        return x

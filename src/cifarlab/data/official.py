@@ -1,0 +1,144 @@
+"""Readers for the official archives: CIFAR-10 (binary and python versions) and Tiny ImageNet.
+
+Each reader takes the archive or its extracted folder and returns a `RawDataset` of uint8 arrays.
+The CIFAR-10 binary version is parsed with numpy; the python version is pickled, so it is read
+only through an allow-list unpickler that can build numpy arrays and nothing else.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from cifarlab.data.images import decode, iter_archive, iter_folder, stack_same_size
+from cifarlab.data.types import RawDataset
+from cifarlab.errors import UserError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_ARCHIVES = {  # file name -> (md5 of the official archive, url)
+    "cifar-10-binary.tar.gz": ("c32a1d4ab5d03f1284b67883e8d87530", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    "cifar-10-python.tar.gz": ("c58f30108f718f92721af3b95e74349a", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+}
+_RECORD = 1 + 3 * 32 * 32  # binary version: one label byte then the R, G and B planes
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    """Basename -> bytes for an archive or an extracted folder (small enough to hold: 180 MB)."""
+    items = iter_folder(path) if path.is_dir() else iter_archive(path)
+    return {p.name: b for p, b in items}
+
+
+def _parse_binary(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if len(blob) == 0 or len(blob) % _RECORD:
+        raise UserError(f"CIFAR-10 file '{name}' has {len(blob)} bytes, not a multiple of {_RECORD}: the archive is damaged")
+    rec = np.frombuffer(blob, dtype=np.uint8).reshape(-1, _RECORD)
+    y = rec[:, 0].astype(np.int64)
+    if y.max() >= 10:
+        raise UserError(f"CIFAR-10 file '{name}' has label {y.max()}: the archive is damaged or not CIFAR-10")
+    return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), y
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, bytes and numpy arrays; any other global is refused (no code runs)."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+        from numpy._core import multiarray
+        return {"_reconstruct": multiarray._reconstruct, "ndarray": np.ndarray, "dtype": np.dtype}[name]
+
+
+def _parse_pickled(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = _NumpyOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except Exception as err:  # any malformed or hostile pickle ends here, unexecuted
+        raise UserError(f"CIFAR-10 file '{name}' is not a valid CIFAR-10 python batch ({err}): use the official archive") from None
+    if len(x) != len(y):
+        raise UserError(f"CIFAR-10 file '{name}' has {len(x)} images but {len(y)} labels: the archive is damaged")
+    return x, y
+
+
+def read_cifar10(path: Path) -> RawDataset:
+    files = _files(path)
+    if "data_batch_1.bin" in files:
+        parse, names, test = _parse_binary, [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin"
+    elif "data_batch_1" in files:
+        parse, names, test = _parse_pickled, [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
+    else:
+        raise UserError(f"'{path}' is not a CIFAR-10 archive or folder (no data_batch_1[.bin]): "
+                        "give cifar-10-binary.tar.gz, cifar-10-python.tar.gz or their extracted folder")
+    missing = [n for n in names + [test] if n not in files]
+    if missing:
+        raise UserError(f"CIFAR-10 at '{path}' lacks '{missing[0]}': the archive is incomplete, download it again")
+    parts = [parse(files[n], n) for n in names]
+    tx, ty = parse(files[test], test)
+    return RawDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                      CIFAR10_CLASSES, test_x=tx, test_y=ty)
+
+
+def fetch_cifar10(cache_dir: Path) -> Path:
+    """The official binary archive, from the cache or downloaded once with its checksum checked."""
+    import pooch
+
+    for fname, (md5, _) in CIFAR10_ARCHIVES.items():  # either version already here will do
+        f = cache_dir / fname
+        if f.is_file() and pooch.file_hash(str(f), alg="md5") == md5:
+            return f
+    fname = "cifar-10-binary.tar.gz"
+    md5, url = CIFAR10_ARCHIVES[fname]
+    try:
+        return Path(pooch.retrieve(url, known_hash=f"md5:{md5}", fname=fname, path=cache_dir, progressbar=False))
+    except Exception as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise UserError(f"could not download CIFAR-10 ({reason}): copy {fname} or cifar-10-python.tar.gz here "
+                        f"and give --data cifar10:PATH, or place it in {cache_dir}") from None
+
+
+def read_tinyimagenet(path: Path) -> RawDataset:
+    """The official tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG with
+    val/val_annotations.txt, wnids.txt and words.txt. The labelled val set serves as the test split
+    (the official test set has no labels); validation is carved from train as for every dataset."""
+    items = iter_folder(path) if path.is_dir() else iter_archive(path)
+    by_name: dict[str, dict[PurePosixPath, bytes]] = {"train": {}, "val": {}}
+    meta: dict[str, bytes] = {}
+    for p, b in items:
+        parts = p.parts
+        # drop the archive's top folder (tiny-imagenet-200/) wherever it is present
+        if parts and parts[0] not in ("train", "val", "test", "wnids.txt", "words.txt"):
+            parts = parts[1:]
+        if len(parts) == 1 and parts[0] in ("wnids.txt", "words.txt"):
+            meta[parts[0]] = b
+        elif len(parts) >= 2 and parts[0] in by_name and parts[-1] != "val_annotations.txt":
+            by_name[parts[0]][PurePosixPath(*parts)] = b
+        elif parts and parts[-1] == "val_annotations.txt":
+            meta["val_annotations.txt"] = b
+    for need in ("wnids.txt", "val_annotations.txt"):
+        if need not in meta:
+            raise UserError(f"'{path}' is not a Tiny ImageNet archive or folder (no {need}): give tiny-imagenet-200.zip or its folder")
+    wnids = meta["wnids.txt"].decode().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    words = dict(line.split("\t", 1) for line in meta.get("words.txt", b"").decode().splitlines() if "\t" in line)
+    classes = [words.get(w, w).split(",")[0].strip() or w for w in wnids]
+
+    def load(entries: dict[PurePosixPath, bytes], label_of) -> tuple[np.ndarray, np.ndarray]:
+        kept = [(p, b, label_of(p)) for p, b in sorted(entries.items()) if p.suffix.upper() == ".JPEG"]
+        kept = [(p, b, lab) for p, b, lab in kept if lab is not None]
+        if not kept:
+            raise UserError(f"Tiny ImageNet at '{path}' has no labelled images in one split: the archive is incomplete")
+        images = [decode(b, f"{path}:{p}") for p, b, _ in kept]
+        return stack_same_size(images, [str(p) for p, _, _ in kept], str(path)), np.array([lab for *_, lab in kept], dtype=np.int64)
+
+    val_labels = {}
+    for line in meta["val_annotations.txt"].decode().splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 2 and cols[1] in index:
+            val_labels[cols[0]] = index[cols[1]]
+    train_x, train_y = load(by_name["train"], lambda p: index.get(p.parts[1]))
+    test_x, test_y = load(by_name["val"], lambda p: val_labels.get(p.name))
+    return RawDataset(train_x, train_y, classes, test_x=test_x, test_y=test_y)

@@ -1,0 +1,87 @@
+"""Checkpoints: written atomically, read with `weights_only=True` (no pickle code ever runs).
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts. `best.pt` holds what
+evaluation and export need; `last.pt` adds optimizer, scheduler and history so a run can resume.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cifarlab.errors import UserError
+from cifarlab.models import build_model
+
+FORMAT = "cifarlab-checkpoint-1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file_object) on a temp file beside `path`, fsync, then rename over `path`.
+
+    A crash (or kill -9) at any moment leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():  # a run directory stands for its best checkpoint
+        path = path / "best.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist: give a .pt file or a run directory")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused unexecuted "
+                        f"({first}): only load checkpoints cifarlab wrote") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise UserError(f"checkpoint '{path}' is damaged or not a torch file ({str(err).splitlines()[0][:120]}): "
+                        "use another checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"'{path}' is not a cifarlab checkpoint: train one with `cifarlab train`")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> nn.Module:
+    """Rebuild the model the checkpoint describes and load its weights (strictly)."""
+    spec = ckpt["model"]
+    model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        image_size=spec["image_size"], **spec["options"])
+    load_weights(model, ckpt["state_dict"], where)
+    return model
+
+
+def load_weights(model: nn.Module, state_dict: dict, where: str) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))[:160]
+        raise UserError(f"{where} does not fit this model ({detail}): "
+                        "use a checkpoint of the same model, options and number of classes") from None

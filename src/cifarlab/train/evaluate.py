@@ -1,0 +1,98 @@
+"""Evaluation: loss and accuracy every epoch; the full set (per-class, macro F1, confusion) at the end."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cifarlab.train.runtime import autocast
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32",
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits as float32 on CPU, labels) over all batches."""
+    model.eval()
+    logits, labels = [], []
+    for xb, yb in batches:
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = model(xb)
+        logits.append(out.float().cpu())
+        labels.append(yb.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+def full_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
+
+    k = len(classes)
+    preds = logits.argmax(1)
+    confusion = multiclass_confusion_matrix(preds, labels, num_classes=k)
+    support = confusion.sum(1).clamp(min=1)
+    loss, acc = loss_and_accuracy(logits, labels)
+    return {
+        "accuracy": acc,
+        "loss": loss,
+        "macro_f1": multiclass_f1_score(preds, labels, num_classes=k, average="macro").item(),
+        "per_class_accuracy": {c: (confusion[i, i] / support[i]).item() for i, c in enumerate(classes)},
+        "confusion_matrix": confusion.tolist(),
+        "classes": list(classes),
+        "images": len(labels),
+    }
+
+
+def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", batch_size: int = 1000,
+                        device: str = "auto") -> dict:
+    """Evaluate a checkpoint on a dataset split: auto = the test split if the dataset has one, else all images;
+    val = the validation split the checkpoint's run carved (same seed and size)."""
+    import numpy as np
+
+    from cifarlab.config import validate_config
+    from cifarlab.data.augment import BatchTransform
+    from cifarlab.data.loader import Split, stratified_split
+    from cifarlab.data.sources import load_dataset
+    from cifarlab.errors import UserError
+    from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifarlab.train.runtime import resolve_device
+
+    ckpt = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    raw = load_dataset(data_spec)
+    spec = ckpt["model"]
+    want = (spec["in_channels"], spec["image_size"], spec["image_size"])
+    if raw.image_shape != want or raw.num_classes != spec["num_classes"]:
+        raise UserError(f"checkpoint '{checkpoint}' is for {spec['num_classes']} classes of {want[1]}x{want[2]} images, "
+                        f"but '{data_spec}' has {raw.num_classes} classes of {raw.image_shape[1]}x{raw.image_shape[2]}: "
+                        "evaluate on the dataset it was trained for")
+    if split == "auto":
+        split = "test" if raw.test_x is not None else "all"
+    if split == "test":
+        if raw.test_x is None:
+            raise UserError(f"dataset '{data_spec}' has no test split: use --split all, val or train")
+        x, y = raw.test_x, raw.test_y
+    elif split in ("val", "train"):
+        data_cfg = validate_config(ckpt["config"]).data
+        tr, va = stratified_split(np.asarray(raw.train_y), data_cfg.val_size, data_cfg.split_seed)
+        idx = va if split == "val" else tr
+        x, y = np.asarray(raw.train_x)[idx], np.asarray(raw.train_y)[idx]
+    elif split == "all":
+        x, y = raw.train_x, raw.train_y
+    else:
+        raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
+    model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
+    norm = ckpt["normalization"]
+    transform = BatchTransform(torch.tensor(norm["mean"], device=dev), torch.tensor(norm["std"], device=dev), None,
+                               spec["image_size"])
+    data = Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.asarray(y)).to(dev))
+    batches = ((transform(data.x[i:i + batch_size], train=False), data.y[i:i + batch_size])
+               for i in range(0, len(data), batch_size))
+    out = full_metrics(*predict(model, batches, dev), ckpt["classes"])
+    return {"checkpoint": str(checkpoint), "data": data_spec, "split": split, **out}
