@@ -82,7 +82,7 @@ def build(spec, num_classes=10, in_channels=3, image_size=32) -> nn.Sequential:
     """The modules `spec` describes, for (in_channels, image_size, image_size) inputs; ValueError if malformed."""
     if not isinstance(spec, (list, tuple)) or not spec:
         raise ValueError("the layer spec must be a non-empty list of layers, e.g. [{conv: 32}, relu, flatten, {linear: classes}]")
-    x = torch.zeros(2, in_channels, image_size, image_size)
+    x = torch.zeros(1, in_channels, image_size, image_size)
     model, x = _build_list(spec, x, num_classes, "layer ")
     if x.dim() != 2 or x.shape[1] != num_classes:
         raise ValueError(f"the last layer gives outputs of shape {_shape(x)} but the data has {num_classes} classes: "
@@ -136,6 +136,12 @@ def _int(v, where, what, low=1):
     return v
 
 
+def _bool(v, where, what):
+    if not isinstance(v, bool):
+        raise ValueError(f"{where}: {what} must be true or false, got {v!r}")
+    return v
+
+
 def _size(v, where, what, low):
     """An int or a [h, w] pair, as PyTorch takes kernel/stride/padding."""
     if isinstance(v, (list, tuple)) and len(v) == 2:
@@ -151,12 +157,12 @@ def _make(kind, value, opts, x, num_classes, where):
         pad = opts.get("padding", 0)
         pad = pad if pad == "same" else _size(pad, where, "padding", 0)
         return nn.Conv2d(x.shape[1], _int(value, where, "conv channels"), _size(opts.get("kernel", 3), where, "kernel", 1),
-                         _size(opts.get("stride", 1), where, "stride", 1), pad, bias=bool(opts.get("bias", True)))
+                         _size(opts.get("stride", 1), where, "stride", 1), pad, bias=_bool(opts.get("bias", True), where, "bias"))
     if kind == "linear":
         if x.dim() != 2:
             raise ValueError(f"{where} (linear) needs a flat input but gets {_shape(x)}: put flatten before it")
         out = num_classes if value == "classes" else _int(value, where, "linear features")
-        return nn.Linear(x.shape[1], out, bias=bool(opts.get("bias", True)))
+        return nn.Linear(x.shape[1], out, bias=_bool(opts.get("bias", True), where, "bias"))
     if kind == "pool":
         value = value or "max"
         k = _size(opts.get("kernel", 2), where, "kernel", 1)
@@ -185,9 +191,8 @@ def _build_item(item, x, num_classes, where):
         body, y = _build_list(value, x, num_classes, where + ".")
         if y.shape != x.shape:
             raise ValueError(f"{where} (residual) must keep the shape {_shape(x)} but its layers give {_shape(y)}")
-        module = Residual(body)
-    else:
-        module = _make(kind, value, opts, x, num_classes, where)
+        return Residual(body), y  # shapes are all the probe is for: no need to run the body again
+    module = _make(kind, value, opts, x, num_classes, where)
     return module, _probe(module, x, kind, where)
 
 
@@ -195,16 +200,15 @@ def _build_repeat(times, opts, x, num_classes, where):
     layers, between = opts.get("layers"), opts.get("between") or []
     if not isinstance(layers, (list, tuple)) or not isinstance(between, (list, tuple)):
         raise ValueError(f"{where} (repeat) needs layers: [...] (and optionally between: [...])")
-    if not opts.get("shared", False):  # independent copies: just the list written out `times` times
+    if not _bool(opts.get("shared", False), where, "shared"):  # independent copies: just the list written out `times` times
         return _build_list(list(layers) + (list(between) + list(layers)) * (times - 1), x, num_classes, where + ".")
     body, y = _build_list(layers, x, num_classes, where + ".")
-    between_module = None
+    between_module, z = None, y
     if between:
-        between_module, y = _build_list(between, y, num_classes, where + ".between.")
-    if times > 1 and y.shape != x.shape:
-        raise ValueError(f"{where} (repeat) must keep the shape {_shape(x)} to reuse its layers, but one pass gives {_shape(y)}")
-    module = Repeat(body, times, between_module)
-    return module, _probe(module, x, "repeat", where)
+        between_module, z = _build_list(between, y, num_classes, where + ".between.")
+    if times > 1 and not (y.shape == z.shape == x.shape):
+        raise ValueError(f"{where} (repeat) must keep the shape {_shape(x)} to reuse its layers, but one pass gives {_shape(z)}")
+    return Repeat(body, times, between_module), y
 
 
 @torch.no_grad()
