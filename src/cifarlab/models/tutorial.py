@@ -59,13 +59,15 @@ class ConvNet(nn.Module):
             raise ValueError(f"pool must be one of {', '.join(pools)}, got {pool!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if dropout_layers is not None and (isinstance(dropout_layers, bool) or not isinstance(dropout_layers, int)
+                                           or dropout_layers < 0):
+            raise ValueError(f"dropout_layers must be a whole number >= 0, got {dropout_layers!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        self.act = ACTIVATIONS[activation]()
-        self.pool = pools[pool]()
         self.convs = [f"conv{i}" for i in range(1, len(channels) + 1)]
         for name, c_in, c_out, k in zip(self.convs, (in_channels, *channels), channels, kernels):
             self.add_module(name, nn.Conv2d(c_in, c_out, k))
+        self.act, self.pool = ACTIVATIONS[activation](), pools[pool]()
         try:
             with torch.no_grad():
                 flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
@@ -79,8 +81,6 @@ class ConvNet(nn.Module):
         self.bns = [f"bn{i}" for i in range(1, len(hidden) + 1)] if batchnorm else []
         for name, h in zip(self.bns, hidden):
             self.add_module(name, nn.BatchNorm1d(h))
-        if dropout_layers is not None and (isinstance(dropout_layers, bool) or not isinstance(dropout_layers, int) or dropout_layers < 0):
-            raise ValueError(f"dropout_layers must be a whole number >= 0 (how many hidden fc layers get dropout), got {dropout_layers!r}")
         n_drop = len(hidden) if dropout_layers is None else dropout_layers
         self.dropped = set(self.fcs[:n_drop]) if dropout else set()
         self.dropout = nn.Dropout(dropout) if dropout else None
