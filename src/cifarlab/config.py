@@ -99,6 +99,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     channels_last: bool = True
+    tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits")
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
@@ -273,9 +274,10 @@ def load_config(recipe: str | None = None, config_file: str | Path | None = None
     """Recipe or file, then overrides (dotted keys), validated into one ExperimentConfig."""
     raw = load_raw(recipe, config_file)
     raw.setdefault("name", recipe or (Path(config_file).stem if config_file else "run"))
-    for key, value in (overrides or {}).items():
-        if key == "model.name" and value != (raw.get("model") or {}).get("name"):
-            # Options belong to the recipe's model; another model would reject them.
-            raw.setdefault("model", {})["options"] = {}
+    overrides = dict(overrides or {})
+    if "model.name" in overrides and overrides["model.name"] != (raw.get("model") or {}).get("name"):
+        # The recipe's options belong to the recipe's model; another model would reject them.
+        raw.setdefault("model", {})["options"] = {}
+    for key, value in overrides.items():
         set_key(raw, key, value)
     return validate_config(raw)

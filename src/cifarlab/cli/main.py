@@ -52,8 +52,10 @@ def train(
     set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.label_smoothing=0.1"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="the run directory (default runs/NAME-TIME)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue (or extend) the run in this directory"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (DDP: gloo on CPU, NCCL on GPU)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="live curves: TensorBoard event files in RUN_DIR/tensorboard"),
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
@@ -68,15 +70,45 @@ def train(
     overrides.update(parse_assignment(s) for s in set_)
     say = _say(as_json)
     show_bar = progress and sys.stderr.isatty()
-    if resume is not None:
-        if recipe or config or out:
-            raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
-        summary = resume_run(resume, overrides, log=say, progress=show_bar)
+    callbacks = []
+    if tensorboard:
+        if nproc > 1:
+            raise UserError("--tensorboard works with --nproc 1 only: drop one of them")
+        from cifarlab.report.live import TensorBoardCallback
+        callbacks.append(TensorBoardCallback())
+    if resume is not None and (recipe or config or out):
+        raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
+    if nproc > 1:
+        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json)
+    elif resume is not None:
+        summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
     else:
         cfg = load_config(recipe, config, overrides)
-        summary = train_run(cfg, out, log=say, progress=show_bar)
+        summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
     if as_json:
         emit_json(summary)
+
+
+def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as_json) -> dict:
+    """Check everything here first (a bad flag should not cost N process starts), then spawn the ranks."""
+    from cifarlab.config import load_config
+    from cifarlab.data.sources import load_dataset
+    from cifarlab.train.distributed import launch
+    from cifarlab.train.rundir import RunDir, default_run_dir
+    from cifarlab.train.trainer import process_entry
+
+    if resume is not None:
+        if not RunDir(resume).last.exists():
+            raise UserError(f"'{resume}' holds no run to resume (no last.pt): check the path")
+        path, cfg_dict = Path(resume), None
+    else:
+        cfg = load_config(recipe, config, overrides)
+        path, cfg_dict, overrides = Path(out or default_run_dir(cfg.name)), cfg.to_dict(), None
+        if RunDir(path).holds_run():
+            raise UserError(f"'{path}' already holds a run: continue it with --resume {path} or choose another --out")
+        load_dataset(cfg.data.dataset)  # decode once here, not N times in parallel
+    launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json)
+    return json.loads((path / "summary.json").read_text())
 
 
 @app.command("eval")
@@ -86,12 +118,13 @@ def evaluate(
     split: str = typer.Option("auto", help="auto (test if the dataset has one, else all) | test | val | train | all"),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     device: str = typer.Option("auto"),
+    tta: bool = typer.Option(False, "--tta", help="average predictions over each image and its mirror image"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
     from cifarlab.train.evaluate import evaluate_checkpoint
 
-    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device)
+    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta)
     say = _say(as_json)
     say(f"{res['data']} [{res['split']}], {res['images']} images: accuracy {res['accuracy']:.2%}, "
         f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")

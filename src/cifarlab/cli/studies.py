@@ -1,2 +1,124 @@
-"""CLI commands of the "Studies" issue (sweep, worker, repeat, compare, lr-find) register on `app` here."""
-from cifarlab.cli.main import app  # noqa: F401
+"""CLI commands of the "Studies" issue: sweep, worker, repeat, compare, lr-find."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cifarlab.cli.main import _say, app, emit_json
+from cifarlab.errors import UserError
+
+
+def _overrides(data: Optional[str], set_: List[str]) -> dict:
+    from cifarlab.config import parse_assignment
+
+    out = {"data.dataset": data} if data else {}
+    out.update(parse_assignment(s) for s in set_)
+    return out
+
+
+@app.command()
+def sweep(
+    config: str = typer.Option(..., "--config", "-c", help="a study YAML file, or a preset name (docs/studies.md)"),
+    method: Optional[str] = typer.Option(None, help="ofat | grid | random | tpe (default: the file's)"),
+    trials: Optional[int] = typer.Option(None, min=1, help="random/tpe: configurations to try (default: the file's)"),
+    repeats: Optional[int] = typer.Option(None, min=1, help="seeds per configuration (default: the file's)"),
+    data: Optional[str] = typer.Option(None, help="dataset spec for every trial (as for train)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="a base config key for every trial: --set train.epochs=2"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite in the study directory)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="local worker processes"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default studies/NAME)"),
+    heartbeat: int = typer.Option(10, min=1, help="seconds between heartbeats; a trial silent 3x this is retried"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Run (or continue) a study: a base config plus a search space; writes tables, plots, best.yaml."""
+    from cifarlab.studies.runner import sweep as run_sweep
+    from cifarlab.studies.space import read_study_file
+
+    study = read_study_file(config, _overrides(data, set_), method=method, trials=trials, repeats=repeats)
+    summary = run_sweep(study, out or Path("studies") / study.name, storage, jobs, heartbeat, _say(as_json))
+    if as_json:
+        emit_json(summary)
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., "--study", help="the study's name"),
+    storage: str = typer.Option(..., "--storage", help="the Optuna storage URL the study lives in"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where this worker's run directories go"),
+    worker_index: int = typer.Option(0, "--worker-index", min=0, help="picks this worker's sampler stream"),
+    heartbeat: int = typer.Option(10, min=1),
+    idle_timeout: float = typer.Option(600, "--idle-timeout", help="leave after this many seconds without work"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Join a study started by `cifarlab sweep --storage URL` (from this or any other machine)."""
+    from cifarlab.studies.runner import join
+
+    ran = join(study, storage, out, worker_index, heartbeat, _say(as_json), idle_timeout)
+    if as_json:
+        emit_json({"study": study, "trials_run": ran})
+
+
+@app.command()
+def repeat(
+    recipe: str = typer.Argument(..., help="a recipe name or a YAML config file"),
+    seeds: int = typer.Option(5, "--seeds", "-k", help="how many seeds (train.seed, +1, ...)"),
+    data: Optional[str] = typer.Option(None),
+    set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.epochs=2"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1),
+    storage: Optional[str] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="default studies/repeat-NAME"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Train one configuration over K seeds: mean ± std and 95% CI of validation and test accuracy."""
+    from cifarlab.studies.repeats import repeat as run_repeat
+
+    result = run_repeat(recipe, seeds, _overrides(data, set_), out, storage, jobs, log=_say(as_json))
+    if as_json:
+        emit_json(result)
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="a recipe, a config file, or a directory written by `cifarlab repeat`"),
+    b: str = typer.Argument(..., help="the other one"),
+    seeds: int = typer.Option(5, "--seeds", "-k", help="seeds for a side that has not been repeated yet"),
+    data: Optional[str] = typer.Option(None),
+    set_: List[str] = typer.Option([], "--set", "-s", help="a config key for both sides"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Do A and B differ? Welch's t-test on their repeats, with the 95% CI of the difference."""
+    from cifarlab.studies.repeats import compare as run_compare, load_or_repeat
+
+    say = _say(as_json)
+    ra, rb = (load_or_repeat(x, seeds, _overrides(data, set_), jobs, say) for x in (a, b))
+    result = run_compare(ra, rb, say)
+    if as_json:
+        emit_json(result)
+
+
+@app.command("lr-find")
+def lr_find(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    data: Optional[str] = typer.Option(None),
+    set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set optimizer.name=adam"),
+    start_lr: float = typer.Option(1e-7, "--start-lr"),
+    end_lr: float = typer.Option(10.0, "--end-lr"),
+    steps: int = typer.Option(100, help="LR steps (a few hundred at most)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/lrfind-NAME-TIME"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The LR range test: loss against an exponentially growing LR; plots it and suggests an LR."""
+    from cifarlab.config import load_config
+    from cifarlab.studies.lrfind import lr_find as run_lr_find
+    from cifarlab.train.rundir import default_run_dir
+
+    if not recipe and not config:
+        raise UserError("give --recipe NAME or --config FILE: the model, data and optimizer to test")
+    cfg = load_config(recipe, config, _overrides(data, set_))
+    result = run_lr_find(cfg, out or default_run_dir(f"lrfind-{cfg.name}"), start_lr, end_lr, steps, log=_say(as_json))
+    if as_json:
+        emit_json(result)

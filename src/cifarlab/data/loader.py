@@ -52,8 +52,15 @@ def normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], li
     if cfg.normalize == "half":
         return [0.5] * c, [0.5] * c
     if cfg.normalize == "dataset":
-        x = np.asarray(train_x, dtype=np.float64) / 255  # float64: sums over 10^8 values stay exact
-        return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
+        # in chunks: a float copy of 100k 64x64 images would need 10 GB; float64 sums stay exact
+        total, squares = np.zeros(c), np.zeros(c)
+        for i in range(0, len(train_x), 4096):
+            chunk = np.asarray(train_x[i:i + 4096], dtype=np.float64) / 255
+            total += chunk.sum(axis=(0, 2, 3))
+            squares += np.square(chunk).sum(axis=(0, 2, 3))
+        n = len(train_x) * train_x.shape[2] * train_x.shape[3]
+        mean = total / n
+        return mean.tolist(), np.sqrt(np.maximum(squares / n - mean ** 2, 0)).tolist()
     mean, std = cfg.normalize
     if len(mean) != c:
         raise UserError(f"data.normalize gives {len(mean)} channel means but the images have {c} channels")
@@ -102,8 +109,10 @@ class PreparedData:
         if self.concat_original:  # every image twice per epoch: once as is, once augmented
             mix = torch.randperm(2 * n, generator=generator)
             order, keep = order.repeat(2)[mix], (torch.arange(2 * n) < n)[mix]
-        order = order[rank::world]
-        keep = keep[rank::world] if keep is not None else None
+        if world > 1:  # equal shards: every rank must take the same number of steps, or DDP waits forever
+            usable = len(order) // world * world
+            order = order[:usable][rank::world]
+            keep = keep[:usable][rank::world] if keep is not None else None
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size].to(self.train.x.device)
             if len(idx) < 2:  # a batch of one breaks BatchNorm and teaches nothing

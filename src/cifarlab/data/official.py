@@ -41,15 +41,22 @@ def _parse_binary(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, bytes and numpy arrays; any other global is refused (no code runs)."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    """Builds dicts, lists, bytes and numpy arrays; any other global is refused (no code runs).
+
+    `_codecs.encode` only turns text into bytes; Python 3 pickles of bytes (protocol 2) need it."""
 
     def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
+        import codecs
+        try:
+            from numpy._core import multiarray
+        except ImportError:  # numpy < 2
+            from numpy.core import multiarray
+        allowed = {("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+        if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-        from numpy._core import multiarray
-        return {"_reconstruct": multiarray._reconstruct, "ndarray": np.ndarray, "dtype": np.dtype}[name]
+        return allowed[(module, name)]
 
 
 def _parse_pickled(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:

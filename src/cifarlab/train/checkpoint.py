@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -61,7 +60,8 @@ def load_checkpoint(path: str | Path) -> dict:
         first = str(err).strip().splitlines()[0][:160]
         raise UserError(f"checkpoint '{path}' holds objects that are not plain weights and was refused unexecuted "
                         f"({first}): only load checkpoints cifarlab wrote") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # any other failure to parse a user's file means the file is bad, not us
+        err = err if str(err) else type(err).__name__
         raise UserError(f"checkpoint '{path}' is damaged or not a torch file ({str(err).splitlines()[0][:120]}): "
                         "use another checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

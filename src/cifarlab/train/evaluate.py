@@ -12,8 +12,8 @@ from cifarlab.train.runtime import autocast
 
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32",
-            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits as float32 on CPU, labels) over all batches."""
+            channels_last: bool = False, tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits as float32 on CPU, labels) over all batches; tta_flip averages with the mirrored images."""
     model.eval()
     logits, labels = [], []
     for xb, yb in batches:
@@ -21,6 +21,8 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device, precision
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             out = model(xb)
+            if tta_flip:  # CIFAR classes are mirror-symmetric: a second view for free accuracy
+                out = (out + model(xb.flip(3))) / 2
         logits.append(out.float().cpu())
         labels.append(yb.cpu())
     return torch.cat(logits), torch.cat(labels)
@@ -50,7 +52,7 @@ def full_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
 
 
 def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", batch_size: int = 1000,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", tta_flip: bool = False) -> dict:
     """Evaluate a checkpoint on a dataset split: auto = the test split if the dataset has one, else all images;
     val = the validation split the checkpoint's run carved (same seed and size)."""
     import numpy as np
@@ -94,5 +96,5 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     data = Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.asarray(y)).to(dev))
     batches = ((transform(data.x[i:i + batch_size], train=False), data.y[i:i + batch_size])
                for i in range(0, len(data), batch_size))
-    out = full_metrics(*predict(model, batches, dev), ckpt["classes"])
+    out = full_metrics(*predict(model, batches, dev, tta_flip=tta_flip), ckpt["classes"])
     return {"checkpoint": str(checkpoint), "data": data_spec, "split": split, **out}

@@ -8,6 +8,7 @@ and augmentation from (seed, epoch), so a resumed run replays exactly what it wo
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,6 +21,7 @@ from cifarlab.config import ExperimentConfig, set_key, validate_config
 from cifarlab.data.loader import PreparedData
 from cifarlab.errors import TrainingDiverged, UserError
 from cifarlab.models import build_model, count_parameters
+from cifarlab.train.distributed import Dist, from_env
 from cifarlab.train.checkpoint import atomic_write_text, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler
@@ -36,13 +38,23 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run: RunDir, log: Callable[[str], None] = print,
-                 progress: bool = False, state: dict | None = None, callbacks: Sequence[EpochCallback] = ()):
-        self.cfg, self.run, self.progress, self.callbacks = cfg, run, progress, list(callbacks)
+                 progress: bool = False, state: dict | None = None, callbacks: Sequence[EpochCallback] = (),
+                 dist: Dist = Dist()):
+        self.cfg, self.run, self.callbacks, self.dist = cfg, run, list(callbacks), dist
+        self.progress = progress and dist.is_main
         self._log = log
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
+        if dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if t.threads or dist.active:  # N processes on one machine share its cores
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
+            torch.set_num_threads(t.threads or max(1, (os.cpu_count() or 1) // local))
+        if t.batch_size < dist.world:
+            raise UserError(f"train.batch_size {t.batch_size} is smaller than the {dist.world} processes: "
+                            "each needs at least one image per step")
+        self.batch_size = t.batch_size // dist.world  # per process: the global batch stays train.batch_size
         self.precision = resolve_precision(t.precision, self.device)
         self.data = PreparedData(cfg.data, self.device)
         c, h, _ = self.data.image_shape
@@ -54,11 +66,16 @@ class Trainer:
         if t.channels_last:  # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
-        n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1)
-        self.steps_per_epoch = max(1, n // t.batch_size + (n % t.batch_size > 1))
+        n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1) // dist.world
+        self.steps_per_epoch = max(1, n // self.batch_size + (n % self.batch_size > 1))
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs, cfg.optimizer.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = self.model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+            self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:  # pays a one-off compilation for faster steps; worth it for long runs
+            self.forward = torch.compile(self.forward)
         self.epoch, self.history, self.train_seconds = 0, [], 0.0
         self.best = {"val_accuracy": -1.0, "epoch": 0}
         if state is not None:
@@ -67,16 +84,19 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
         cfg, t, run = self.cfg, self.cfg.train, self.run
-        atomic_write_text(run.config, cfg.to_yaml())
-        run.write_json(run.environment, environment(self.device, self.precision))
+        if self.dist.is_main:
+            atomic_write_text(run.config, cfg.to_yaml())
+            run.write_json(run.environment, {**environment(self.device, self.precision), "processes": self.dist.world})
         test = f", {len(self.data.test)} test" if self.data.test is not None else ""
+        procs = f" x {self.dist.world} processes" if self.dist.active else ""
         self.log(f"{cfg.name}: {cfg.model.name} ({count_parameters(self.model):,} parameters) on "
                  f"{len(self.data.train)} train / {len(self.data.val)} val{test} images, "
-                 f"{self.device} {self.precision}, run dir {run.path}")
+                 f"{self.device}{procs} {self.precision}, run dir {run.path}")
         wall0, stop_reason, chance_streak = time.time(), None, 0
         for epoch in range(self.epoch + 1, t.epochs + 1):
             epoch0 = time.perf_counter()
             row = self._train_epoch(epoch)
+            self.dist.sync_buffers(self.model)  # every rank then evaluates the same model
             val_loss, val_acc = loss_and_accuracy(*self._predict(self.data.val))
             row.update(val_loss=val_loss, val_accuracy=val_acc, epoch_seconds=time.perf_counter() - epoch0)
             improved = val_acc > self.best["val_accuracy"]
@@ -95,7 +115,7 @@ class Trainer:
                          "another optimizer or initialisation")
             if t.early_stopping_patience and epoch - self.best["epoch"] >= t.early_stopping_patience:
                 stop_reason = f"early stopping: no better val accuracy for {t.early_stopping_patience} epochs"
-            if self._out_of_time():
+            if self.dist.any(self._out_of_time(), self.device):
                 stop_reason = f"time limit of {t.time_limit_minutes:g} minutes reached"
             if stop_reason:
                 self.log(stop_reason)
@@ -111,7 +131,8 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, t0 = 0, time.perf_counter()
         bar = self._progress_bar(epoch)
-        for i, (xb, yb) in enumerate(self.data.train_batches(t.batch_size, order)):
+        batches = self.data.train_batches(self.batch_size, order, self.dist.rank, self.dist.world)
+        for i, (xb, yb) in enumerate(batches):
             if t.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
@@ -129,13 +150,15 @@ class Trainer:
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
             if i % 25 == 0:  # a NaN poisons loss_sum, so checking now and then catches it within 25 steps
-                self._check_finite(loss_sum, epoch)
+                self._check_finite(self.dist.sum(loss_sum.clone()), epoch)
                 if bar:
                     bar.update(i + 1, loss=loss_sum.item() / seen)
-                if self._out_of_time(time.perf_counter() - t0):
+                if self.dist.any(self._out_of_time(time.perf_counter() - t0), self.device):
                     break
         if bar:
             bar.close()
+        totals = self.dist.sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         self._check_finite(loss_sum, epoch)
         seconds = time.perf_counter() - t0
         self.train_seconds += seconds
@@ -144,6 +167,8 @@ class Trainer:
                 "images_per_second": seen / max(seconds, 1e-9)}
 
     def _finish(self, stop_reason: str | None, wall_seconds: float) -> dict:
+        if not self.dist.is_main:
+            return {}
         best = load_checkpoint(self.run.best)  # select on validation: report the best epoch's weights
         load_weights(self.model, best["state_dict"], str(self.run.best))
         val = full_metrics(*self._predict(self.data.val), self.data.classes)
@@ -160,19 +185,26 @@ class Trainer:
         }
         self.run.write_json(self.run.summary, summary)
         # reports hook: the run's report is written here (issue "Reports")
+        from cifarlab.report.build import report_finished_run  # here: matplotlib loads only when a run ends
+        report_finished_run(self)  # a failed report is a logged warning; the run and its summary stand
         test_part = f", test {test['accuracy']:.2%} (evaluated once)" if test else ", no test split"
         self.log(f"done: best val {self.best['val_accuracy']:.2%} at epoch {self.best['epoch']}{test_part}; "
                  f"{summary['train_images_per_second']:.0f} img/s; {self.run.path}")
+        per_class = test["per_class_accuracy"] if test else val["per_class_accuracy"]
+        self.log(f"per-class {'test' if test else 'val'} accuracy: "
+                 + ", ".join(f"{c} {a:.0%}" for c, a in per_class.items()))
         return summary
 
     # ------------------------------------------------------------------ helpers
     def log(self, line: str) -> None:
-        self._log(line)
-        self.run.append_log(line)
+        if self.dist.is_main:
+            self._log(line)
+            self.run.append_log(line)
 
     def _predict(self, split):
-        return predict(self.model, self.data.eval_batches(split, self.cfg.train.eval_batch_size), self.device,
-                       self.precision, self.cfg.train.channels_last)
+        t = self.cfg.train
+        return predict(self.model, self.data.eval_batches(split, t.eval_batch_size), self.device, self.precision,
+                       t.channels_last, t.tta_flip)
 
     def _out_of_time(self, running: float = 0.0) -> bool:
         limit = self.cfg.train.time_limit_minutes
@@ -187,9 +219,10 @@ class Trainer:
             cause += f", or weight decay {o.weight_decay:g} too large"
         msg = (f"training diverged in epoch {epoch}: the loss became NaN/inf; {cause}. "
                f"Checkpoints up to epoch {self.epoch} are kept in {self.run.path}")
-        self.run.write_json(self.run.summary, {"name": self.cfg.name, "status": "diverged", "stopped_reason": msg,
-                                               "epochs_run": self.epoch, "run_dir": str(self.run.path)})
-        self.run.append_log(msg)
+        if self.dist.is_main:
+            self.run.write_json(self.run.summary, {"name": self.cfg.name, "status": "diverged", "stopped_reason": msg,
+                                                   "epochs_run": self.epoch, "run_dir": str(self.run.path)})
+            self.run.append_log(msg)
         raise TrainingDiverged(msg)
 
     def _epoch_line(self, r: dict, improved: bool) -> str:
@@ -212,6 +245,8 @@ class Trainer:
                 "val_accuracy": self.history[-1]["val_accuracy"], "config": self.cfg.to_dict()}
 
     def _save(self, improved: bool) -> None:
+        if not self.dist.is_main:
+            return
         weights = self._weights_state()
         save_checkpoint(self.run.last, {**weights, "optimizer": self.optimizer.state_dict(),
                                         "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -233,10 +268,15 @@ class Trainer:
 
 def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
           progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
-    """Train a config into a new run directory; returns the summary (also in summary.json)."""
-    run = RunDir(out or default_run_dir(cfg.name)).open(new=True)
+    """Train a config into a new run directory; returns the summary (also in summary.json).
+
+    Under torchrun (or `--nproc`) every process calls this; rank 0 alone writes and returns the summary."""
+    dist = from_env(resolve_device(cfg.train.device).type)
+    run = RunDir(dist.broadcast(str(out or default_run_dir(cfg.name))))
     try:
-        return Trainer(cfg, run, log, progress, callbacks=callbacks).fit()
+        if dist.is_main:
+            run.open(new=True)
+        return Trainer(cfg, run, log, progress, callbacks=callbacks, dist=dist).fit()
     finally:
         run.close()
 
@@ -244,7 +284,9 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[s
 def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[str], None] = print,
            progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
     """Continue an interrupted run exactly, or extend a finished one (`overrides={"train.epochs": N}`)."""
-    run = RunDir(run_dir).open(new=False)
+    run = RunDir(run_dir)
+    if not run.last.exists():
+        raise UserError(f"'{run.path}' holds no run to resume (no last.pt): check the path")
     try:
         try:
             raw = yaml.safe_load(run.config.read_text())
@@ -253,10 +295,24 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
         for key, value in (overrides or {}).items():
             set_key(raw, key, value)
         cfg = validate_config(raw)
+        dist = from_env(resolve_device(cfg.train.device).type)
+        if dist.is_main:
+            run.open(new=False)
         state = load_checkpoint(run.last)
         if state["epoch"] >= cfg.train.epochs and not overrides:
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
-        return Trainer(cfg, run, log, progress, state, callbacks).fit()
+        return Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
     finally:
         run.close()
+
+
+def process_entry(cfg_dict: dict | None, out: str, overrides: dict | None, progress: bool, log_to_stderr: bool) -> None:
+    """What each process of `cifarlab train --nproc N` runs (a module-level function, so it can be spawned)."""
+    import sys
+    stream = sys.stderr if log_to_stderr else sys.stdout
+    log = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+    if cfg_dict is None:
+        resume(out, overrides, log=log, progress=progress)
+    else:
+        train(validate_config(cfg_dict), out, log=log, progress=progress)

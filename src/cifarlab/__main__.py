@@ -1,0 +1,4 @@
+"""`python -m cifarlab ...` is the `cifarlab` command."""
+from cifarlab.cli.main import main
+
+main()

@@ -1,0 +1,104 @@
+"""`cifarlab export`: a checkpoint as ONNX or TorchScript, checked against PyTorch before it is trusted.
+
+The exported model takes what a user has: RGB floats in [0, 1], shape (batch, C, H, W), any batch
+size; normalisation is built in. It returns logits (apply softmax for probabilities).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from cifarlab.errors import UserError
+from cifarlab.report.predict import load_model
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+ATOL, RTOL = 1e-4, 1e-4
+
+
+class Normalised(nn.Module):
+    """The trained model with its input normalisation in front."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters warn about deprecations and absent torchvision ops; none of it concerns the user."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> str:
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"--format onnx needs the {name} package: pip install cifarlab[export]")
+    batch = torch.export.Dim("batch", min=1)
+    try:  # the torch.export-based exporter (torch's default since 2.9)
+        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        return "torch.export"
+    except Exception:  # noqa: BLE001  (some models only trace: fall back to the TorchScript-based exporter)
+        torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        return "torchscript-based"
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> dict:
+    """Write the exported model, reload it with its own runtime, compare outputs on a random batch.
+
+    A difference beyond tolerance is a UserError (the file is kept for inspection)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}': use onnx or torchscript")
+    ckpt, model = load_model(checkpoint)
+    spec = ckpt["model"]
+    model = Normalised(model, ckpt["normalization"]["mean"], ckpt["normalization"]["std"]).eval()
+    src = Path(checkpoint)
+    out = Path(out) if out else (src / "best.pt" if src.is_dir() else src).with_suffix(FORMATS[fmt])
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write '{out}': folder '{out.parent}' does not exist")
+    shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
+    gen = torch.Generator().manual_seed(0)
+    example, check = torch.rand(2, *shape, generator=gen), torch.rand(5, *shape, generator=gen)  # another batch size
+    with _quiet(), torch.no_grad():
+        if fmt == "onnx":
+            exporter = _export_onnx(model, example, out)
+            got = _run_onnx(out, check)
+        else:
+            exporter = "torch.jit.trace"
+            torch.jit.trace(model, example).save(str(out))
+            got = torch.jit.load(str(out))(check)
+        want = model(check)
+    diff = (got - want).abs().max().item()
+    result = {"checkpoint": str(checkpoint), "format": fmt, "out": str(out), "exporter": exporter,
+              "input": f"float RGB in [0, 1], shape (batch, {', '.join(map(str, shape))})",
+              "classes": ckpt["classes"], "max_abs_diff": diff, "checked_batch": len(check)}
+    if not torch.allclose(got, want, atol=ATOL, rtol=RTOL):
+        raise UserError(f"the exported model in '{out}' disagrees with PyTorch (max abs diff {diff:.3g} > {ATOL:g}): "
+                        "do not use it; please report this model")
+    return result

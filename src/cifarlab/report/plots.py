@@ -1,0 +1,188 @@
+"""Figures for run reports and studies: plain functions in, matplotlib `Figure` out (Agg, no display).
+
+Every function builds its own `Figure` object (never pyplot's global state), so they are safe to call
+from a training process, a worker thread or a test. Turn one into bytes with `figure_to_png` or into
+an `<img>`-ready string with `figure_to_base64`.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # before any pyplot import anywhere: reports never need a display
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
+
+def _plain_text(plot):
+    """Run names and class names are data, not TeX: a '$' in them must not start mathtext."""
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+    return wrapper
+
+
+CURVE_PANELS = (("loss", "train_loss", "val_loss"), ("accuracy", "train_accuracy", "val_accuracy"), ("learning rate", "lr", None))
+
+
+def figure_to_png(fig: Figure, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def figure_to_base64(fig: Figure, dpi: int = 100) -> str:
+    """The PNG as base64 text, for `<img src="data:image/png;base64,...">`."""
+    return base64.b64encode(figure_to_png(fig, dpi)).decode("ascii")
+
+
+@_plain_text
+def plot_curves(histories: Mapping[str, Sequence[dict]], best_epochs: Mapping[str, int] | None = None,
+                panels=CURVE_PANELS) -> Figure:
+    """Loss, accuracy and learning rate per epoch; one colour per run, train dashed, validation solid.
+
+    `histories` maps a run label to its metrics rows (dicts with `epoch` and the panel columns, as in
+    metrics.csv); `best_epochs` marks each run's selected epoch with a dot on its validation curve.
+    The gap between the dashed and the solid line is the over-fitting.
+    """
+    fig = Figure(figsize=(5.2 * len(panels), 3.6))
+    fig.subplots_adjust(wspace=0.25)  # no tight_layout: savefig's tight bbox trims the margins, at half the cost
+    axes = fig.subplots(1, len(panels))
+    colors = matplotlib.colormaps["tab10"].colors
+    for i, (label, rows) in enumerate(histories.items()):
+        color = colors[i % len(colors)]
+        epochs = [r["epoch"] for r in rows]
+        best = (best_epochs or {}).get(label)
+        for ax, (title, train_key, val_key) in zip(axes, panels):
+            if train_key:
+                ax.plot(epochs, [r[train_key] for r in rows], color=color, ls="--" if val_key else "-",
+                        label=f"{label} train" if val_key else label)
+            if val_key:
+                vals = [r[val_key] for r in rows]
+                ax.plot(epochs, vals, color=color, ls="-", label=f"{label} val")
+                if best in epochs:
+                    j = epochs.index(best)
+                    ax.plot([best], [vals[j]], "o", color=color, ms=7, mfc="white", mew=2)
+                    ax.axvline(best, color=color, lw=0.8, alpha=0.4)
+    for ax, (title, _, _) in zip(axes, panels):
+        if title == "accuracy":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8)
+    if best_epochs:
+        axes[1].text(0.99, 0.02, "o = best epoch (by validation accuracy)", transform=axes[1].transAxes,
+                     ha="right", va="bottom", fontsize=8, color="0.3")
+    return fig
+
+
+@_plain_text
+def plot_metric_vs_param(param_values: Sequence, metric_values: Sequence[float], param: str,
+                         metric: str = "val_accuracy", errors: Sequence[float] | None = None,
+                         log_x: bool | None = None) -> Figure:
+    """A metric against one hyperparameter (a sweep's trials, or repeats' means with `errors` bars).
+
+    Numbers go on a numeric axis (logarithmic when they span two decades or more, unless `log_x`
+    says otherwise); anything else (optimizer names, on/off) goes on a categorical axis.
+    """
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in param_values)
+    if numeric:
+        xs = [float(v) for v in param_values]
+        if log_x is None:
+            log_x = min(xs) > 0 and max(xs) / min(xs) >= 100
+    else:
+        labels = sorted({str(v) for v in param_values})
+        xs = [labels.index(str(v)) for v in param_values]
+        ax.set_xticks(range(len(labels)), labels)
+    if errors is not None:
+        ax.errorbar(xs, metric_values, yerr=errors, fmt="o", capsize=4)
+    else:
+        ax.plot(xs, metric_values, "o", alpha=0.8)
+    if numeric and log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+@_plain_text
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "") -> Figure:
+    """Confusion heatmap, rows = true class, columns = predicted; row-normalised colours, counts written in."""
+    m = np.asarray(matrix, dtype=float)
+    k = len(classes)
+    rates = m / np.maximum(m.sum(1, keepdims=True), 1)
+    side = min(max(4.0, 0.42 * k + 1.8), 12)
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.subplots()
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 40:  # beyond that the labels only overlap
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+@_plain_text
+def plot_image_grid(images: np.ndarray, titles: Sequence[str] | None = None, cols: int = 8,
+                    cell: float = 1.3) -> Figure:
+    """A grid of images (N, H, W, 3) or (N, H, W) with values in [0, 1], `cell` inches each, titles above.
+
+    The grid is one composed picture on one axes: dozens of subplots would cost seconds to lay out.
+    """
+    images = np.clip(np.asarray(images, dtype=np.float64), 0, 1)
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    n, h, w = images.shape[:3]
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    gap = max(1, w // 8)
+    band = math.ceil(0.4 * w / cell) if titles else 0  # room for two lines of small text, in pixels
+    canvas = np.ones((rows * (h + band + gap) + gap, cols * (w + gap) + gap, 3))
+    fig = Figure(figsize=(canvas.shape[1] * cell / w, canvas.shape[0] * cell / w))
+    ax = fig.add_axes((0, 0, 1, 1))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = gap + r * (h + band + gap) + band, gap + c * (w + gap)
+        canvas[y:y + h, x:x + w] = images[i]
+        if titles:
+            ax.text(x + w / 2, y - 0.5, titles[i], ha="center", va="bottom", fontsize=8, linespacing=1.1)
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    return fig
+
+
+def filters_as_images(weight: np.ndarray, image_shape: tuple[int, int, int] | None = None,
+                      limit: int = 64) -> np.ndarray:
+    """First-layer weights as displayable images, each scaled to [0, 1] on its own.
+
+    A conv weight (out, in, kh, kw) gives one kh x kw image per filter (RGB when in == 3, else
+    the channel mean); a linear weight (out, C*H*W) on flattened pixels gives one C x H x W image
+    per unit, as in the classic MLP weight pictures.
+    """
+    w = np.asarray(weight, dtype=np.float64)[:limit]
+    if w.ndim == 2:
+        w = w.reshape(len(w), *image_shape)
+    w = w.transpose(0, 2, 3, 1) if w.shape[1] == 3 else w.mean(1)
+    lo = w.reshape(len(w), -1).min(1).reshape(-1, *[1] * (w.ndim - 1))
+    hi = w.reshape(len(w), -1).max(1).reshape(-1, *[1] * (w.ndim - 1))
+    return (w - lo) / np.maximum(hi - lo, 1e-12)

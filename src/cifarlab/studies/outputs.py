@@ -1,0 +1,144 @@
+"""What a study leaves in its directory: results.csv and results.md (every trial), one plot of
+validation accuracy against each searched key (plots/KEY.png), and best.yaml, the best
+configuration as a config that `cifarlab train --config best.yaml` runs as it is."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from cifarlab.config import validate_config
+from cifarlab.studies.space import Study, decode
+from cifarlab.train.checkpoint import atomic_write_text
+
+
+def collect(study: Study, s) -> list[dict]:
+    from cifarlab.studies.ofat import best_of_step
+
+    kept = {}
+    if study.method == "ofat":  # the value each step kept, marked in its row as seed 001's tables did
+        kept = {step: best_of_step(s, study, step) for step in range(len(study.params))}
+        kept = {step: t.params[t.user_attrs["varies"]] for step, t in kept.items() if t is not None}
+    rows = []
+    for t in s.get_trials(deepcopy=False):
+        a = t.user_attrs
+        vals = a.get("val_accuracies") or []
+        note = a.get("fail_reason", "")
+        if "same_as" in a:
+            note = f"same configuration as trial {a['same_as']}, not trained again"
+        if "failed_trial" in t.system_attrs:
+            note = f"retry of trial {t.system_attrs['failed_trial']}" + (f"; {note}" if note else "")
+        if t.state == TrialState.PRUNED and t.intermediate_values:
+            note = f"pruned after epoch {max(t.intermediate_values)}"
+        step = a.get("step")
+        if step is not None and t.state == TrialState.COMPLETE and t.params.get(a["varies"]) == kept.get(step) \
+                and all(r["step"] != step or "kept" not in r["note"] for r in rows):
+            note = "kept" + (f"; {note}" if note else "")
+        rows.append({"trial": t.number, "state": t.state.name, "step": a.get("step", ""), "varies": a.get("varies", ""),
+                     **study.effective(t.params),
+                     "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,
+                     "val_std": statistics.stdev(vals) if len(vals) > 1 else None,
+                     "test_accuracy": a.get("test_accuracy"), "seeds": len(vals) or None,
+                     "train_seconds": a.get("train_seconds"), "note": note})
+    return rows
+
+
+def best_trial(s):
+    done = [t for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    pct = {"val_accuracy", "val_std", "test_accuracy"}
+    cell = lambda c, v: f"{v:.2%}" if c in pct and isinstance(v, float) else _fmt(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c, r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for step, p in enumerate(study.params):
+        done = [r for r in rows if r["val_accuracy"] is not None and (study.method != "ofat" or r["step"] == step)]
+        if not done:
+            continue
+        xs = [r[p.key] for r in done]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if numeric:
+            pairs = sorted(zip(xs, done), key=lambda xr: xr[0])
+            ax.errorbar([x for x, _ in pairs], [r["val_accuracy"] for _, r in pairs],
+                        yerr=[r["val_std"] or 0 for _, r in pairs], fmt="o-" if study.method in ("ofat", "grid")
+                        and len(study.params) == 1 or study.method == "ofat" else "o", capsize=3)
+            if p.is_log or (min(xs) > 0 and max(xs) / min(xs) >= 20):
+                ax.set_xscale("log")
+        else:
+            labels = sorted({_fmt(x) for x in xs})
+            ax.errorbar([labels.index(_fmt(x)) for x in xs], [r["val_accuracy"] for r in done],
+                        yerr=[r["val_std"] or 0 for r in done], fmt="o", capsize=3)
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        ax.set_xlabel(p.key)
+        ax.set_ylabel("validation accuracy")
+        ax.set_title(f"{study.name}: {p.key}", fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / f"{p.key}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def write_outputs(study: Study, s, out: Path, log=print, export_best: bool = True) -> dict:
+    rows = collect(study, s)
+    keys = [p.key for p in study.params]
+    columns = ["trial", "state"] + (["step", "varies"] if study.method == "ofat" else []) + keys + ["val_accuracy"] \
+        + (["val_std", "seeds"] if study.repeats > 1 else []) + ["test_accuracy", "train_seconds", "note"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows({c: _fmt(r.get(c)) for c in columns} for r in rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    best = best_trial(s)
+    ranked = rows if study.method == "ofat" else sorted(rows, key=lambda r: -(r["val_accuracy"] or -1))
+    head = f"# Study {study.name} ({study.method})\n\n"
+    if best is not None:
+        head += f"Best: trial {best.number}, validation accuracy {best.value:.2%} ({_describe_best(study, best)}).\n\n"
+    atomic_write_text(out / "results.md", head + markdown(ranked, [c for c in columns if c != "train_seconds"]))
+    summary = {"study": study.name, "method": study.method, "directory": str(out),
+               "trials": {st.name: sum(r["state"] == st.name for r in rows) for st in TrialState},
+               "results_csv": str(out / "results.csv"), "results_md": str(out / "results.md"),
+               "plots": _plot(study, rows, out / "plots"), "best": None}
+    if best is not None and export_best:
+        cfg = validate_config(study.config(best.params))
+        cfg.name = f"{study.name}-best"
+        cfg.description = f"best of study {study.name}: trial {best.number}, val {best.value:.2%}"
+        atomic_write_text(out / "best.yaml", cfg.to_yaml())
+        summary["best"] = {"trial": best.number, "val_accuracy": best.value, "params":
+                           {k: decode(v) for k, v in best.params.items()}, "config": str(out / "best.yaml"),
+                           "test_accuracy": best.user_attrs.get("test_accuracy")}
+        log(f"best: trial {best.number}, val {best.value:.2%} ({_describe_best(study, best)}); "
+            f"config {out / 'best.yaml'}")
+    log(f"results: {out / 'results.md'}, {out / 'results.csv'}, plots in {out / 'plots'}")
+    return summary
+
+
+def _describe_best(study: Study, t) -> str:
+    return ", ".join(f"{k}={_fmt(decode(v))}" for k, v in t.params.items())

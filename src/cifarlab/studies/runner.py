@@ -1,0 +1,310 @@
+"""Run a study on Optuna's storage: create or continue it, and work on it as one of many workers.
+
+Work comes from two places. Grid and OFAT points are enqueued up front (OFAT one step at a time)
+and workers pop them atomically from the storage: no point is run twice or lost. Random and TPE
+trials are asked from the sampler while the budget lasts. A trial is one configuration trained
+over the study's seeds; its value is the mean best validation accuracy (test accuracy is recorded,
+never used to choose).
+
+Reliability: every running trial sends a heartbeat; a trial whose worker died (kill -9, a lost
+machine) goes stale after the grace period, is marked FAIL and re-enqueued with the same params
+(Optuna's RetryHeartbeatStaleTrialCallback). A trial that raises (diverged, crashed) is FAIL with
+its reason in the user attribute `fail_reason`, and the study goes on.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from cifarlab.errors import UserError
+from cifarlab.studies.space import Study, study_from_dict
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+MAX_RETRY = 3
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------- storage and study
+
+def _driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 (the `postgres` extra) where only it is here."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and not importlib.util.find_spec("psycopg") \
+            and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return url
+
+
+def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
+    # optuna 4.9 renamed the retry callback and its argument; older releases know only the first names
+    new = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback if new else optuna.storages.RetryFailedTrialCallback
+    kw = "heartbeat_stale_trial_callback" if new else "failed_trial_callback"
+    try:
+        return optuna.storages.RDBStorage(_driver(url), heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                          **{kw: retry(max_retry=MAX_RETRY)},
+                                          engine_kwargs={"pool_pre_ping": True})
+    except ImportError:
+        raise UserError(f"storage '{url}' needs a database driver that is not installed: "
+                        "pip install 'cifarlab[postgres]' for PostgreSQL") from None
+    except Exception as err:  # sqlalchemy's errors: bad URL, server down, wrong password
+        msg = " ".join(str(err).split())[:200]
+        raise UserError(f"cannot open study storage '{url}': {msg}") from None
+
+
+def _sampler(study: Study, worker: int):
+    # Each worker samples from its own stream: equal seeds in two workers would propose equal trials.
+    seed = study.seed + 1000 * worker
+    if study.method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (study.trials or 10) // 3)),
+                                          constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _pruner(study: Study):
+    if study.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if study.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def _comparable(d: dict) -> str:
+    return json.dumps({k: v for k, v in d.items() if k not in ("trials", "description")}, sort_keys=True)
+
+
+def create_study(study: Study, storage, worker: int = 0) -> optuna.Study:
+    """Create the study in the storage, or continue it if it exists and was made from the same file."""
+    s = optuna.create_study(study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
+                            sampler=_sampler(study, worker), pruner=_pruner(study))
+    stored = s.user_attrs.get("study")
+    if stored is None:
+        s.set_user_attr("study", study.to_dict())
+    elif _comparable(stored) != _comparable(study.to_dict()):
+        raise UserError(f"study '{study.name}' already exists in this storage with another base or space: "
+                        "rename the study (name: ...) or use another --out/--storage")
+    elif stored.get("trials") != study.trials:
+        s.set_user_attr("study", study.to_dict())  # a larger budget extends a random/tpe study
+    return s
+
+
+def load_study(name: str, storage, worker: int) -> tuple[Study, optuna.Study]:
+    """Join a study someone created (`cifarlab worker`): its definition comes from the storage."""
+    try:
+        s = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [x.study_name for x in optuna.get_all_study_summaries(storage)]
+        raise UserError(f"no study named '{name}' in this storage (it has: {', '.join(names) or 'none'}): "
+                        "start it with `cifarlab sweep --storage URL`") from None
+    if "study" not in s.user_attrs:
+        raise UserError(f"study '{name}' was not made by cifarlab sweep: nothing to work on")
+    study = study_from_dict(s.user_attrs["study"])
+    return study, optuna.load_study(study_name=name, storage=storage, sampler=_sampler(study, worker),
+                                    pruner=_pruner(study))
+
+
+def retry_interrupted(s: optuna.Study) -> None:
+    """Trials stopped by Ctrl-C were failed by us, not by the heartbeat: re-enqueue those not yet retried."""
+    trials = s.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    callback = s._storage.get_heartbeat_stale_trial_callback() if hasattr(
+        s._storage, "get_heartbeat_stale_trial_callback") else s._storage.get_failed_trial_callback()
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted" and t.number not in retried:
+            callback(s, t)
+
+
+def enqueue_missing(s: optuna.Study, points: list[tuple[dict, dict]]) -> int:
+    """Enqueue (params, user_attrs) points whose `slot` attribute is not in the study yet (idempotent)."""
+    have = {t.user_attrs.get("slot") for t in s.get_trials(deepcopy=False)}
+    todo = [(p, a) for p, a in points if a["slot"] not in have]
+    for params, attrs in todo:
+        s.enqueue_trial(params, user_attrs=attrs)
+    return len(todo)
+
+
+def originals(s: optuna.Study) -> list:
+    """Trials that are not retries of another: each one is one configuration of the budget."""
+    return [t for t in s.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
+
+
+# ---------------------------------------------------------------------- working
+
+def _pop_waiting(s: optuna.Study):
+    # As Study.ask pops the queue, but never creates a new trial when the queue is empty.
+    storage = s._storage
+    for t in s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(s._study_id, t.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(s, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class _Heartbeat:
+    def __init__(self, storage, trial_id: int):
+        self._stop = threading.Event()
+        interval = storage.get_heartbeat_interval()
+
+        def beat():
+            while True:
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # a missed beat is harmless; a dead worker is what stops them
+                    pass
+                if self._stop.wait(interval):
+                    return
+        self._thread = threading.Thread(target=beat, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def _describe(params: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in params.items())
+
+
+def run_trial(study: Study, s: optuna.Study, trial: optuna.Trial, out: Path, log: Log) -> None:
+    from cifarlab.studies.trial import train_seeds
+
+    frozen = s.get_trials(deepcopy=False)[trial.number]
+    names = frozen.params.keys() | frozen.system_attrs.get("fixed_params", {}).keys()
+    params = {p.key: p.suggest(trial) for p in study.params if p.key in names or study.method in ("random", "tpe")}
+    slot = frozen.system_attrs.get("failed_trial", trial.number)  # a retry reuses its original's run directories
+    beat = _Heartbeat(s._storage, trial._trial_id)
+    t0 = time.time()
+    try:
+        results = train_seeds(study, params, out / "trials" / f"{slot:04d}", trial if study.pruner != "none" else None)
+    except optuna.TrialPruned:
+        s.tell(trial, state=TrialState.PRUNED)
+        log(f"trial {trial.number} [{_describe(params)}]: pruned")
+        return
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted")
+        s.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as err:  # diverged or crashed: record why, go on with the study
+        reason = " ".join(f"{type(err).__name__ if not isinstance(err, UserError) else ''} {err}".split())[:500]
+        trial.set_user_attr("fail_reason", reason)
+        s.tell(trial, state=TrialState.FAIL)
+        log(f"trial {trial.number} [{_describe(params)}]: FAILED: {reason}")
+        return
+    finally:
+        beat.stop()
+    for key, value in results.items():
+        trial.set_user_attr(key, value)
+    s.tell(trial, results["val_accuracy"])
+    log(f"trial {trial.number} [{_describe(params)}]: val {results['val_accuracy']:.2%}"
+        f"{' over ' + str(len(results['seeds'])) + ' seeds' if len(results['seeds']) > 1 else ''} "
+        f"({time.time() - t0:.0f}s)")
+
+
+def work(study: Study, s: optuna.Study, out: Path, log: Log, stop_when_drained: Callable[[], bool],
+         poll: float = 1.0, idle_timeout: float | None = None) -> int:
+    """Run trials until there is nothing left: the queue is empty, the budget spent, and no trial is
+    running anywhere (a running one may still go stale and come back as a retry)."""
+    idle_since, ran = None, 0
+    while True:
+        optuna.storages.fail_stale_trials(s)
+        trial = _pop_waiting(s)
+        if trial is None and study.method in ("random", "tpe") and len(originals(s)) < study.trials:
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
+                warnings.simplefilter("ignore", UserWarning)
+                trial = s.ask()
+        if trial is not None:
+            idle_since = None
+            run_trial(study, s, trial, out, log)
+            ran += 1
+            continue
+        if not s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and stop_when_drained():
+            return ran
+        idle_since = idle_since or time.time()
+        if idle_timeout is not None and time.time() - idle_since > idle_timeout:
+            log(f"no work for {idle_timeout:.0f}s: leaving study '{study.name}'")
+            return ran
+        time.sleep(poll)
+
+
+
+# ---------------------------------------------------------------------- the sweep command
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> list:
+    import subprocess
+    import sys
+
+    procs = []
+    for i in range(1, n + 1):
+        logf = open(out / f"worker-{i}.log", "a")
+        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name,
+               "--storage", url, "--out", str(out), "--worker-index", str(i), "--heartbeat", str(heartbeat)]
+        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+    return procs
+
+
+def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1, heartbeat: int = 10,
+          log: Log = print, export_best: bool = True) -> dict:
+    """Create or continue the study, work on it with `jobs` local workers, then write its outputs."""
+    from cifarlab.studies.ofat import run_ofat
+    from cifarlab.studies.outputs import write_outputs
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create study directory '{out}' ({err.strerror}): choose another --out") from None
+    url = storage_url or default_storage(out)
+    s = create_study(study, open_storage(url, heartbeat))
+    retry_interrupted(s)
+    done = len([t for t in s.get_trials(deepcopy=False) if t.state in FINISHED])
+    log(f"study '{study.name}' ({study.method}, {len(study.params)} keys, {study.repeats} seed(s) per configuration) "
+        f"in {out}; {done} trials finished before")
+    if study.method == "grid":
+        enqueue_missing(s, [(p, {"slot": f"grid-{i}"}) for i, p in enumerate(study.grid())])
+    if study.method != "ofat":
+        s.set_user_attr("queued_all", True)
+    procs = _spawn_workers(jobs - 1, study.name, url, out, heartbeat)
+    try:
+        def drain():
+            work(study, s, out, log, stop_when_drained=lambda: True)
+        if study.method == "ofat":
+            run_ofat(study, s, drain)
+            s.set_user_attr("queued_all", True)
+        else:
+            drain()
+    finally:
+        for proc, logf in procs:
+            proc.wait()
+            logf.close()
+    return write_outputs(study, s, out, log, export_best)
+
+
+def join(name: str, storage_url: str, out: Path | None, worker: int = 0, heartbeat: int = 10, log: Log = print,
+         idle_timeout: float = 600) -> int:
+    """`cifarlab worker`: run trials of a study until it is finished; returns how many this worker ran."""
+    study, s = load_study(name, open_storage(storage_url, heartbeat), worker)
+    out = out or Path("studies") / study.name
+    log(f"worker {worker} joined study '{name}' ({study.method}); run directories in {out}")
+    return work(study, s, out, log, stop_when_drained=lambda: bool(s.user_attrs.get("queued_all")),
+                idle_timeout=idle_timeout)

@@ -1,0 +1,259 @@
+"""The study file: a base config, a search space over dotted config keys, and how to search it.
+
+    name: lr-sweep                 # default: the file's name
+    base: quickstart               # a recipe name, a YAML file (relative to this one) or an inline config
+    set: {train.epochs: 2}         # fixed overrides of the base
+    method: grid                   # ofat | grid | random | tpe
+    trials: 20                     # random and tpe: how many configurations
+    repeats: 1                     # seeds per configuration (train.seed, train.seed+1, ...)
+    pruner: none                   # none | median | halving (stop weak trials from per-epoch val accuracy)
+    space:
+      optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+      train.batch_size: [32, 64, 128]
+
+Everything is validated before any training starts: every value of a list and both ends of a
+range are set on the base and checked against the config schema (and the model's options).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cifarlab.config import _read_yaml, load_raw, set_key, validate_config
+from cifarlab.errors import UserError
+
+METHODS = ("ofat", "grid", "random", "tpe")
+RANGE_KINDS = ("uniform", "log_uniform", "int", "log_int")
+MAX_GRID = 10_000
+
+
+class StudyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    description: str = ""
+    base: str | dict = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+    method: Literal["ofat", "grid", "random", "tpe"] = "grid"
+    trials: int | None = Field(None, ge=1)
+    repeats: int = Field(1, ge=1, le=100)
+    seed: int = 0
+    pruner: Literal["none", "median", "halving"] = "none"
+    space: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key: a list of choices, or a range (kind in RANGE_KINDS) from low to high."""
+    key: str
+    kind: str
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+
+    @property
+    def is_log(self) -> bool:
+        return self.kind.startswith("log")
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "choice":
+            return decode(trial.suggest_categorical(self.key, [encode(v) for v in self.choices]))
+        if self.kind in ("int", "log_int"):
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.is_log, step=int(self.step or 1))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.is_log, step=self.step)
+
+
+def encode(value: Any) -> Any:
+    """Optuna's choices must be None/bool/int/float/str: lists and mappings travel as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+@dataclass
+class Study:
+    """A validated study: `base` is the fully resolved raw config every trial starts from."""
+    name: str
+    method: str
+    base: dict
+    params: list[Param]
+    trials: int | None
+    repeats: int
+    seed: int
+    pruner: str
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        """What the storage keeps: a worker on another machine needs nothing else."""
+        return {"name": self.name, "method": self.method, "base": self.base, "trials": self.trials,
+                "repeats": self.repeats, "seed": self.seed, "pruner": self.pruner, "description": self.description,
+                "space": {p.key: list(map(encode, p.choices)) if p.kind == "choice" else
+                          {p.kind: [p.low, p.high], **({"step": p.step} if p.step else {})} for p in self.params}}
+
+    def config(self, params: dict[str, Any], seed: int | None = None) -> dict:
+        raw = copy.deepcopy(self.base)
+        for key, value in params.items():
+            set_key(raw, key, decode(value))
+        if seed is not None:
+            set_key(raw, "train.seed", seed)
+        return raw
+
+    def effective(self, params: dict) -> dict:
+        """The value every searched key has in a trial (OFAT trials set only the keys visited so far)."""
+        cfg = validate_config(self.config(params)).to_dict()
+        out = {}
+        for p in self.params:
+            node = cfg
+            for part in p.key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            out[p.key] = node
+        return out
+
+    def seeds(self) -> list[int | None]:
+        if self.repeats == 1:
+            return [None]  # the base's own seed
+        first = (self.base.get("train") or {}).get("seed", 0)
+        return [first + r for r in range(self.repeats)]
+
+    def grid(self) -> list[dict]:
+        keys = [p.key for p in self.params]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*[map(encode, p.choices) for p in self.params])]
+
+
+# ---------------------------------------------------------------------- parsing and validation
+
+def _parse_param(key: str, spec: Any, where: str) -> Param:
+    if isinstance(spec, list):
+        if not spec:
+            raise UserError(f"{where}: space key '{key}' has an empty list of values: give at least one")
+        return Param(key, "choice", tuple(spec))
+    if isinstance(spec, dict):
+        kinds = [k for k in spec if k in RANGE_KINDS]
+        extra = [k for k in spec if k not in RANGE_KINDS and k != "step"]
+        if len(kinds) != 1 or extra:
+            raise UserError(f"{where}: space key '{key}' must be a list of values or one of "
+                            f"{{{': [low, high]}, {'.join(RANGE_KINDS)}: [low, high]}}, got {spec}")
+        kind = kinds[0]
+        rng = spec[kind]
+        ok = (isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                              and math.isfinite(v) for v in rng))
+        if not ok or rng[0] >= rng[1]:
+            raise UserError(f"{where}: space key '{key}': {kind} needs [low, high] numbers with low < high, got {rng}")
+        if kind.startswith("log") and rng[0] <= 0:
+            raise UserError(f"{where}: space key '{key}': {kind} needs a positive low end, got {rng[0]}")
+        if kind.endswith("int") and not all(float(v).is_integer() for v in rng):
+            raise UserError(f"{where}: space key '{key}': {kind} needs whole numbers, got {rng}")
+        step = spec.get("step")
+        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or kind.startswith("log")):
+            raise UserError(f"{where}: space key '{key}': step must be a positive number (not with log ranges)")
+        return Param(key, kind, low=rng[0], high=rng[1], step=step)
+    raise UserError(f"{where}: space key '{key}' must be a list of values or a range such as "
+                    f"{{log_uniform: [1.0e-4, 1.0e-1]}}, got {spec!r}")
+
+
+def _check(base: dict, values: dict[str, Any], where: str) -> None:
+    """Set the values on the base and validate the result as a config (and the model's options)."""
+    raw = copy.deepcopy(base)
+    what = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    try:
+        for key, value in values.items():
+            set_key(raw, key, decode(value))
+        cfg = validate_config(raw)
+        if any(k.startswith("model.") for k in values):
+            from cifarlab.models import build_model
+            build_model(cfg.model.name, **cfg.model.options)
+    except UserError as err:
+        raise UserError(f"{where}: with {what}: {err}") from None
+
+
+def _resolve_base(base: str | dict, folder: Path) -> dict:
+    if isinstance(base, dict):
+        return copy.deepcopy(base)
+    if base.endswith((".yaml", ".yml")):
+        return load_raw(config_file=folder / base)
+    return load_raw(recipe=base)
+
+
+def build_study(raw: dict, where: str, folder: Path = Path("."), default_name: str = "study",
+                overrides: dict[str, Any] | None = None, **changes) -> Study:
+    """Validate a study mapping completely; `overrides` are base config keys (--data, --set), `changes`
+    replace study keys (method, trials, repeats) as the command line asked."""
+    raw = {**raw, **{k: v for k, v in changes.items() if v is not None}}
+    try:
+        f = StudyFile.model_validate(raw)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(map(str, e["loc"]))
+        if e["type"] == "extra_forbidden":
+            raise UserError(f"{where}: unknown study key '{loc}': use name, description, base, set, method, "
+                            "trials, repeats, seed, pruner, space") from None
+        raise UserError(f"{where}: study key '{loc}': {e['msg'].removeprefix('Value error, ')}") from None
+    base = _resolve_base(f.base, folder)
+    for key, value in {**f.set, **(overrides or {})}.items():
+        set_key(base, key, value)
+    base.setdefault("name", f.name or default_name)
+    _check(base, {}, where)
+    if not f.space:
+        raise UserError(f"{where}: the space is empty: add at least one key, e.g. space: {{optimizer.lr: [0.01, 0.1]}}")
+    params = [_parse_param(k, v, where) for k, v in f.space.items()]
+    if f.method in ("ofat", "grid") and (ranged := [p.key for p in params if p.kind != "choice"]):
+        raise UserError(f"{where}: method {f.method} needs a list of values for '{ranged[0]}' "
+                        "(ranges are for random and tpe)")
+    if f.method in ("random", "tpe") and not f.trials:
+        raise UserError(f"{where}: method {f.method} needs 'trials: N' (how many configurations to try)")
+    if f.repeats > 1 and any(p.key == "train.seed" for p in params):
+        raise UserError(f"{where}: 'train.seed' is searched and repeats > 1 also sets it: use one of them")
+    if f.repeats > 1 and f.pruner != "none":
+        raise UserError(f"{where}: pruning judges one training curve: use pruner: none with repeats > 1")
+    for p in params:
+        if p.kind == "choice" and len({json.dumps(v, sort_keys=True) for v in p.choices}) < len(p.choices):
+            raise UserError(f"{where}: space key '{p.key}' lists a value twice")
+        for value in p.choices or (p.low, p.high):
+            _check(base, {p.key: int(value) if p.kind.endswith("int") else value}, where)
+    study = Study(f.name or default_name, f.method, base, params, f.trials, f.repeats, f.seed, f.pruner, f.description)
+    if f.method == "grid":
+        points = math.prod(len(p.choices) for p in params)
+        if points > MAX_GRID:
+            raise UserError(f"{where}: the grid has {points:,} points (more than {MAX_GRID:,}): use random or tpe")
+        for point in study.grid():  # combinations can clash where single values do not
+            _check(base, point, where)
+    return study
+
+
+def preset_dir():
+    return resources.files("cifarlab") / "studies" / "presets"
+
+
+def read_study_file(path: str, overrides: dict | None = None, **changes) -> Study:
+    """A study YAML file, or the name of a preset shipped with cifarlab (see docs/studies.md)."""
+    p = Path(path)
+    if not p.is_file():
+        preset = preset_dir() / f"{path}.yaml"
+        if not preset.is_file():
+            names = sorted(f.name[:-5] for f in preset_dir().iterdir() if f.name.endswith(".yaml"))
+            raise UserError(f"study file '{path}' does not exist: give a path or a preset ({', '.join(names)})")
+        p = Path(str(preset))
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read study file '{p}': {err}") from None
+    return build_study(_read_yaml(text, f"study file '{p}'"), f"study file '{p}'", p.parent, p.stem,
+                       overrides, **changes)
+
+
+def study_from_dict(d: dict) -> Study:
+    """The study a storage holds (written by `Study.to_dict`), for workers that join it."""
+    return build_study(d, f"study '{d.get('name')}'", default_name=d.get("name", "study"))
+

@@ -1,0 +1,109 @@
+"""Data-parallel training with torch.distributed: gloo on CPUs, NCCL on GPUs, one machine or many.
+
+`cifarlab train --nproc N` starts N local processes itself; `torchrun` (one or many nodes) starts
+them instead and cifarlab reads RANK/WORLD_SIZE/MASTER_ADDR from the environment. Every rank
+holds the whole dataset and trains on its own shard of each epoch's shuffled order; gradients
+are averaged by DDP; only rank 0 writes the run directory.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cifarlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if any rank says so (keeps time-limit decisions in step)."""
+        if not self.active:
+            return flag
+        t = torch.tensor(float(flag), device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def broadcast(self, obj):
+        """Rank 0's value of a picklable object, on every rank (e.g. the run directory's name)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """BatchNorm statistics differ per rank after training steps; rank 0's are the model's."""
+        if self.active:
+            for b in model.buffers():
+                dist.broadcast(b, 0)
+
+
+def from_env(device_type: str) -> Dist:
+    """The process group torchrun (or `--nproc`) set up for us, or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, init_method="env://")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(local_rank: int, nproc: int, port: int, errors, fn, args) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        fn(*args)
+    except UserError as err:
+        errors.put(str(err))
+        raise SystemExit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(nproc: int, fn, *args) -> None:
+    """Run fn(*args) in `nproc` local processes; a UserError in any of them is raised here."""
+    import torch.multiprocessing as mp
+
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    try:
+        mp.spawn(_worker, args=(nproc, free_port(), errors, fn, args), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as err:
+        if not errors.empty():
+            raise UserError(errors.get()) from None
+        raise UserError(f"a training process exited with code {err.exit_code}: see the log above") from None
+    except mp.ProcessRaisedException:
+        if not errors.empty():
+            raise UserError(errors.get()) from None
+        raise

@@ -1,0 +1,140 @@
+"""The command line: the JSON contract other tools rely on, and one-line errors (exit 2) for bad input."""
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from conftest import tar_folder, write_image_folder
+
+TINY = ["--data", "sample", "--set", "data.train_limit=300", "--val-size", "100", "--epochs", "1",
+        "--batch-size", "32", "--threads", "1"]
+
+
+def one_line_error(code, err, match):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cifarlab: error: "), err
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run shared by the tests below: (run dir, parsed --json summary)."""
+    from cifarlab.cli.main import run
+    import contextlib
+    import io
+    out = tmp_path_factory.mktemp("cli") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert run(["train", "--recipe", "quickstart", *TINY, "--out", str(out), "--json"]) == 0
+    return out, json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+def test_train_json_contract(trained):
+    out, s = trained
+    for key in ("best_val_accuracy", "best_epoch", "test_accuracy", "train_images_per_second", "run_dir"):
+        assert key in s
+    assert s["run_dir"] == str(out) and (out / "best.pt").is_file()
+
+
+def test_eval_json_contract(cli, trained):
+    out, s = trained
+    code, stdout, _ = cli("eval", "--checkpoint", out / "best.pt", "--data", "sample", "--split", "val", "--json")
+    assert code == 0
+    res = json.loads(stdout.strip().splitlines()[-1])
+    for key in ("accuracy", "loss", "per_class_accuracy", "macro_f1", "confusion_matrix"):
+        assert key in res
+    assert res["accuracy"] == pytest.approx(s["best_val_accuracy"], abs=1e-6)  # same split, same weights
+    assert len(res["per_class_accuracy"]) == 10
+
+
+def test_models_and_recipes_lists(cli):
+    code, out, _ = cli("models", "--json")
+    rows = {r["name"]: r for r in json.loads(out.strip().splitlines()[-1])}
+    assert code == 0 and rows["tutorial_cnn"]["parameters"] == 62006 and "resnet18" in rows and "mlp" in rows
+    code, out, _ = cli("recipes")
+    assert code == 0 and "quickstart" in out
+
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["train", "--batch-size", "0"], "train.batch_size"),
+    (["train", "--batch-size", "abc"], "--batch-size"),
+    (["train", "--lr", "-1"], "optimizer.lr"),
+    (["train", "--model", "resnet19"], "unknown model 'resnet19': did you mean 'resnet18'"),
+    (["train", "--optimizer", "adamx"], "optimizer.name"),
+    (["train", "--set", "train.epoch=2"], "did you mean 'train.epochs'"),
+    (["train", "--set", "model.options={hidden: [8], wings: 2}", "--model", "mlp"], "has no option 'wings'"),
+    (["train", "--data", "folder:/no/such/dir"], "does not exist"),
+    (["train", "--data", "mnist"], "unknown dataset 'mnist'"),
+    (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (["train", "--config", "/no/such.yaml"], "does not exist"),
+    (["train", "--device", "cuda:7"] if not torch.cuda.is_available() else ["train", "--device", "tpu"], "device"),
+    (["eval", "--data", "sample"], "Missing option '--checkpoint'"),
+    (["frobnicate"], "No such command"),
+])
+def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, match):
+    code, _, err = cli(*args, "--out", tmp_path / "r") if args[0] == "train" else cli(*args)
+    one_line_error(code, err, match)
+    assert not (tmp_path / "r" / "last.pt").exists()  # refused before any training
+
+
+def test_bad_data_files(cli, tmp_path):
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    one_line_error(*cli("train", *TINY, "--data", f"folder:{corrupt}", "--out", tmp_path / "a")[::2],
+                   "truncated or corrupt")
+    root = write_image_folder(tmp_path / "imgs", per_class=3)
+    (root / "cat" / "oops.jpg").write_bytes(b"not an image")
+    one_line_error(*cli("train", *TINY, "--data", f"folder:{root}", "--out", tmp_path / "b")[::2],
+                   "is not a readable image")
+
+
+def test_bad_checkpoints(cli, tmp_path, trained):
+    out, _ = trained
+    other = write_image_folder(tmp_path / "three", per_class=4)
+    one_line_error(*cli("eval", "--checkpoint", out, "--data", f"folder:{other}")[::2], "is for 10 classes")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    one_line_error(*cli("eval", "--checkpoint", tmp_path / "junk.pt", "--data", "sample")[::2], "damaged")
+    one_line_error(*cli("eval", "--checkpoint", tmp_path / "none.pt", "--data", "sample")[::2], "does not exist")
+
+    # weights of another model under this model's name
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    ckpt["model"]["name"] = "mlp"
+    torch.save(ckpt, tmp_path / "swapped.pt")
+    one_line_error(*cli("eval", "--checkpoint", tmp_path / "swapped.pt", "--data", "sample")[::2], "does not fit")
+
+    # a pickle that would run code when loaded without weights_only
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "cifarlab-checkpoint-1", "x": Evil()}, f)
+    one_line_error(*cli("eval", "--checkpoint", tmp_path / "evil.pt", "--data", "sample")[::2], "refused unexecuted")
+    assert not marker.exists()
+
+
+def test_resume_flags(cli, tmp_path, trained):
+    out, _ = trained
+    one_line_error(*cli("train", "--resume", out, "--recipe", "quickstart")[::2], "drop --recipe")
+    one_line_error(*cli("train", "--resume", tmp_path / "nothing")[::2], "no run to resume")
+
+
+def test_folder_tarball_trains_from_the_cli(cli, tmp_path):
+    arc = tar_folder(write_image_folder(tmp_path / "imgs", per_class=30), tmp_path / "imgs.tar.gz")
+    code, out, err = cli("train", "--data", f"folder:{arc}", "--epochs", "3", "--val-size", "0.2", "-b", "8",
+                         "--threads", "1", "--out", tmp_path / "r", "--lr", "0.01", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["best_val_accuracy"] > 0.5  # colours are easy to tell apart
+
+
+def test_eval_with_flip_tta(cli, trained):
+    out, _ = trained
+    code, stdout, _ = cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--tta", "--json")
+    plain = json.loads(cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--json")[1].splitlines()[-1])
+    tta = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]
