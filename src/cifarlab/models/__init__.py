@@ -4,6 +4,8 @@ Importing a family module registers its models; add a new family by adding its i
 """
 from cifarlab.models.registry import build_model, count_parameters, get_entry, model_names, register_model
 
-from cifarlab.models import mlp, resnet, speedrun, tutorial  # noqa: F401  (registers the models)
+from cifarlab.models import (  # noqa: F401  (registers the models)
+    cifarnet, deep_residual, expert, layerspec, lenet, mlp, resnet, speedrun, tutorial, vgg,
+)
 
 __all__ = ["build_model", "count_parameters", "get_entry", "model_names", "register_model"]
