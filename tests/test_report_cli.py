@@ -154,7 +154,7 @@ def test_summary_bad_input(capsys, tmp_path):
     fails(capsys, "summary", says="give a model name or --checkpoint")
     fails(capsys, "summary", "mlp", "--option", "width", says="--option takes NAME=VALUE")
     fails(capsys, "summary", "mlp", "--option", "colour=3", says="has no option 'colour'")
-    fails(capsys, "summary", "tutorial_cnn", "--image-size", "8", says="cannot run on 3x8x8 images")
+    fails(capsys, "summary", "tutorial_cnn", "--image-size", "8", says="image size 8 is too small")
     fails(capsys, "summary", "--checkpoint", tmp_path / "none.pt", says="does not exist")
 
 
