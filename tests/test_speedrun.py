@@ -28,3 +28,10 @@ def test_speedrun_recipe_trains(tmp_path):
                                                                          "optimizer.lr": 0.5}))
     s = train(cfg, tmp_path / "r", log=lambda _: None)
     assert s["status"] == "completed" and s["best_val_accuracy"] > 0.15
+
+
+def test_bad_options_are_one_line_errors(cli):
+    for opts, says in [("{widths: [-1]}", "widths must be a list of positive"), ("{widths: 5}", "widths must be"),
+                       ("{whiten_width: 7}", "positive even number")]:
+        code, _, err = cli("train", "--model", "speedrun_net", "--set", f"model.options={opts}", "--epochs", "1")
+        assert code == 2 and err.count("\n") == 1 and says in err, err

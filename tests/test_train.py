@@ -174,3 +174,9 @@ def test_fp16_needs_cuda():
 def test_progress_bar_run(tmp_path):
     s = train(cfg_with(**{"train.epochs": 1}), tmp_path / "p", log=quiet, progress=True)
     assert s["epochs_run"] == 1
+
+
+def test_refused_config_leaves_no_run_directory(tmp_path):
+    with pytest.raises(UserError, match="has no option"):
+        train(cfg_with(**{"model.name": "mlp", "model.options": {"wings": 2}}), tmp_path / "never", log=quiet)
+    assert not (tmp_path / "never").exists()

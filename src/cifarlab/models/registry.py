@@ -63,7 +63,7 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
         raise UserError(f"model '{name}' has no option '{unknown[0]}': its options are {', '.join(allowed) or 'none'}")
     try:
         return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:  # torch raises RuntimeError for impossible layer shapes
         raise UserError(f"model '{name}' cannot be built with {options or 'default options'}: {err}") from None
 
 

@@ -62,4 +62,8 @@ class SpeedrunNet(nn.Module):
 @register_model("speedrun_net", family="speedrun")
 def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24):
     """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy."""
+    if not isinstance(widths, (list, tuple)) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f"widths must be a list of positive channel counts such as [64, 256, 256], got {widths!r}")
+    if not isinstance(whiten_width, int) or whiten_width < 2 or whiten_width % 2:
+        raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
     return SpeedrunNet(num_classes, in_channels, tuple(widths), whiten_width)

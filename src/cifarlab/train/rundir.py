@@ -82,6 +82,12 @@ class RunDir:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
+    def discard_if_empty(self) -> None:
+        """Remove a directory this process created that holds nothing but its lock file."""
+        if self.path.is_dir() and {p.name for p in self.path.iterdir()} <= {".lock"}:
+            (self.path / ".lock").unlink(missing_ok=True)
+            self.path.rmdir()
+
     def write_json(self, path: Path, obj) -> None:
         atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 

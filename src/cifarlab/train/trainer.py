@@ -275,10 +275,18 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[s
     Under torchrun (or `--nproc`) every process calls this; rank 0 alone writes and returns the summary."""
     dist = from_env(resolve_device(cfg.train.device).type)
     run = RunDir(dist.broadcast(str(out or default_run_dir(cfg.name))))
+    created = not run.path.exists()
     try:
         if dist.is_main:
             run.open(new=True)
-        return Trainer(cfg, run, log, progress, callbacks=callbacks, dist=dist).fit()
+        trainer = Trainer(cfg, run, log, progress, callbacks=callbacks, dist=dist)
+    except UserError:
+        run.close()
+        if created and dist.is_main:  # refused before anything was written: leave no empty run directory
+            run.discard_if_empty()
+        raise
+    try:
+        return trainer.fit()
     finally:
         run.close()
 
