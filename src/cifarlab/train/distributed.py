@@ -44,6 +44,11 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def barrier(self) -> None:
+        """Wait for every rank: no rank may exit while another still works (gloo aborts on a closed peer)."""
+        if self.active:
+            dist.barrier()
+
     def broadcast(self, obj):
         """Rank 0's value of a picklable object, on every rank (e.g. the run directory's name)."""
         if not self.active:

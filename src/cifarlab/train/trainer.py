@@ -286,7 +286,9 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[s
             run.discard_if_empty()
         raise
     try:
-        return trainer.fit()
+        summary = trainer.fit()
+        dist.barrier()  # rank 0 evaluates and reports at the end while the others wait
+        return summary
     finally:
         run.close()
 
@@ -312,7 +314,9 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
         if state["epoch"] >= cfg.train.epochs and not overrides:
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
-        return Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
+        summary = Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
+        dist.barrier()  # rank 0 evaluates and reports at the end while the others wait
+        return summary
     finally:
         run.close()
 
