@@ -12,3 +12,11 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; the message names the likely cause. Checkpoints of earlier epochs stay."""
+
+
+class WriteFailed(UserError):
+    """A file could not be written (disk full, read-only, quota). Files written before stay intact."""
+
+    def __init__(self, path, err: OSError, advice: str = "free space on that disk or write somewhere else"):
+        self.path, self.reason = path, err.strerror or str(err)
+        super().__init__(f"cannot write '{path}' ({self.reason}): {advice}")

@@ -26,6 +26,13 @@ def build_optimizer(cfg: OptimizerConfig, params) -> torch.optim.Optimizer:
                                weight_decay=cfg.weight_decay)
 
 
+def optimizer_states(cfg: OptimizerConfig) -> int:
+    """How many tensors the optimizer keeps per parameter (what last.pt holds besides the weights)."""
+    if cfg.name in ("adam", "adamw"):
+        return 2
+    return (cfg.name == "rmsprop") + (cfg.momentum > 0)
+
+
 def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int, base_lr: float) -> float:
     """Multiplier of the base LR after `step` optimizer steps."""
     epoch = step / steps_per_epoch  # fractional: schedules move within an epoch, not only at its end

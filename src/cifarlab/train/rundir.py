@@ -19,8 +19,8 @@ import re
 import time
 from pathlib import Path
 
-from cifarlab.errors import UserError
-from cifarlab.train.checkpoint import atomic_write_text
+from cifarlab.errors import UserError, WriteFailed
+from cifarlab.train.checkpoint import atomic_write_text, remove_stale_temps
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "epoch_seconds", "train_seconds", "images_per_second"]
@@ -75,6 +75,7 @@ class RunDir:
         self._lock_file.truncate()
         self._lock_file.write(f"cifarlab pid {os.getpid()}")
         self._lock_file.flush()
+        remove_stale_temps(self.path)  # halves of writes a killed process left; the files they replace are whole
         return self
 
     def close(self) -> None:
@@ -99,8 +100,11 @@ class RunDir:
         atomic_write_text(self.metrics, buf.getvalue())
 
     def append_log(self, line: str) -> None:
-        with open(self.log, "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(self.log, "a") as f:
+                f.write(line + "\n")
+        except OSError as err:
+            raise WriteFailed(self.log, err) from None
 
 
 def read_metrics(path: Path) -> list[dict]:

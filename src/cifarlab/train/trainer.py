@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,16 +20,18 @@ import yaml
 
 from cifarlab.config import ExperimentConfig, set_key, validate_config
 from cifarlab.data.loader import PreparedData
-from cifarlab.errors import TrainingDiverged, UserError
+from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
 from cifarlab.models import build_model, count_parameters
 from cifarlab.train.distributed import Dist, from_env
-from cifarlab.train.checkpoint import atomic_write_text, load_checkpoint, load_weights, save_checkpoint
+from cifarlab.train.checkpoint import (atomic_write_text, checkpoint_bytes, load_checkpoint, load_weights,
+                                       save_checkpoint)
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
-from cifarlab.train.optim import build_optimizer, build_scheduler
+from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
 from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
+REPORT_BYTES = 16 * 2**20  # room for logs, metrics and the end-of-run report (plots, HTML)
 EpochCallback = Callable[["Trainer", dict], None]  # called with the trainer and the epoch's metrics row
 
 
@@ -68,6 +71,8 @@ class Trainer:
         if t.channels_last:  # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
+        if dist.is_main:
+            self._check_free_space()
         n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1) // dist.world
         self.steps_per_epoch = max(1, n // self.batch_size + (n % self.batch_size > 1))
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs, cfg.optimizer.lr)
@@ -82,18 +87,24 @@ class Trainer:
         self.best = {"val_accuracy": -1.0, "epoch": 0}
         if state is not None:
             self._restore(state)
+        self.saved_epoch = self.epoch  # the last epoch whose checkpoint is on disk
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict:
+        cfg, run = self.cfg, self.run
+        try:
+            if self.dist.is_main:
+                atomic_write_text(run.config, cfg.to_yaml())
+                run.write_json(run.environment, {**environment(self.device, self.precision), "processes": self.dist.world})
+            return self._epochs()
+        except WriteFailed as err:  # every file is written whole or not at all, so what is there is good
+            resume = (f"continue it with --resume {run.path}" if run.last.exists() else "run it again")
+            raise WriteFailed(err.path, OSError(0, err.reason),
+                              f"the run up to epoch {self.saved_epoch} is intact in {run.path}; free space on that disk, "
+                              f"then {resume}") from None
+
+    def _epochs(self) -> dict:
         cfg, t, run = self.cfg, self.cfg.train, self.run
-        if self.dist.is_main:
-            atomic_write_text(run.config, cfg.to_yaml())
-            run.write_json(run.environment, {**environment(self.device, self.precision), "processes": self.dist.world})
-        test = f", {len(self.data.test)} test" if self.data.test is not None else ""
-        procs = f" x {self.dist.world} processes" if self.dist.active else ""
-        self.log(f"{cfg.name}: {cfg.model.name} ({count_parameters(self.model):,} parameters) on "
-                 f"{len(self.data.train)} train / {len(self.data.val)} val{test} images, "
-                 f"{self.device}{procs} {self.precision}, run dir {run.path}")
         wall0, stop_reason, chance_streak = time.time(), None, 0
         for epoch in range(self.epoch + 1, t.epochs + 1):
             epoch0 = time.perf_counter()
@@ -107,6 +118,7 @@ class Trainer:
             self.history.append(row)
             self.epoch = epoch
             self._save(improved)
+            self.saved_epoch = epoch
             self.log(self._epoch_line(row, improved))
             for callback in self.callbacks:  # e.g. live TensorBoard curves, Optuna pruning (may raise to stop)
                 callback(self, row)
@@ -241,6 +253,15 @@ class Trainer:
         return EpochBar(f"epoch {epoch}/{self.cfg.train.epochs}", self.steps_per_epoch)
 
     # ------------------------------------------------------------------ checkpoints
+    def _check_free_space(self) -> None:
+        """Refuse before training when the disk cannot hold the checkpoints (each write needs a temp copy)."""
+        best, last = checkpoint_bytes(self.model, optimizer_states(self.cfg.optimizer))
+        need = 2 * (best + last) + REPORT_BYTES
+        free = shutil.disk_usage(self.run.path).free
+        if free < need:
+            raise UserError(f"only {free / 2**20:.1f} MiB free on the disk of '{self.run.path}' but this run needs "
+                            f"about {need / 2**20:.1f} MiB for its checkpoints and report: free space or choose another --out")
+
     def _weights_state(self) -> dict:
         return {"model": self.model_spec, "classes": self.data.classes, "state_dict": self.model.state_dict(),
                 "normalization": {"mean": self.data.mean, "std": self.data.std}, "epoch": self.epoch,
@@ -250,11 +271,11 @@ class Trainer:
         if not self.dist.is_main:
             return
         weights = self._weights_state()
+        if improved:  # best.pt before last.pt: last.pt commits the epoch, so a kill between the two
+            save_checkpoint(self.run.best, weights)  # replays an epoch that rewrites the same best.pt
         save_checkpoint(self.run.last, {**weights, "optimizer": self.optimizer.state_dict(),
                                         "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                                         "history": self.history, "best": self.best, "train_seconds": self.train_seconds})
-        if improved:
-            save_checkpoint(self.run.best, weights)
         self.run.write_metrics(self.history)
 
     def _restore(self, state: dict) -> None:
