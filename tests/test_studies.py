@@ -67,6 +67,8 @@ BAD = [
     ({"repeats": 2, "space": {"train.seed": [1, 2]}}, "train.seed"),
     ({"space": {"model.options.width": [8]}}, "width"),
     ({"base": "no-such-recipe", "space": {"optimizer.lr": [0.1]}}, "unknown recipe"),
+    ({"name": "..", "space": {"optimizer.lr": [0.1]}}, "names the study directory"),  # studies/.. escapes
+    ({"name": "a/../../b", "space": {"optimizer.lr": [0.1]}}, "names the study directory"),
 ]
 
 

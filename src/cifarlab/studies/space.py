@@ -20,12 +20,13 @@ import copy
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cifarlab.config import _read_yaml, load_raw, set_key, validate_config
 from cifarlab.errors import UserError
@@ -37,7 +38,7 @@ MAX_GRID = 10_000
 
 class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$")
+    name: str = ""
     description: str = ""
     base: str | dict = Field(default_factory=dict)
     set: dict[str, Any] = Field(default_factory=dict)
@@ -47,6 +48,13 @@ class StudyFile(BaseModel):
     seed: int = 0
     pruner: Literal["none", "median", "halving"] = "none"
     space: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:  # it names the study directory studies/NAME: no '..', no '/'
+        if v and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '-', '_' and '.' (not first), as it names the study directory")
+        return v
 
 
 @dataclass(frozen=True)
