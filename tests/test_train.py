@@ -75,6 +75,14 @@ def test_extend_a_finished_run(tmp_path):
     assert s["epochs_run"] == 4 and len(read_metrics(tmp_path / "r" / "metrics.csv")) == 4
 
 
+def test_run_killed_before_its_summary_resumes_into_the_final_evaluation(tmp_path):
+    first = train(cfg_with(), tmp_path / "r", log=quiet)
+    (tmp_path / "r" / "summary.json").unlink()  # as if killed after the last checkpoint, before the summary
+    again = resume(tmp_path / "r", log=quiet)
+    assert again["epochs_run"] == 2 and again["val"] == first["val"]
+    assert len(read_metrics(tmp_path / "r" / "metrics.csv")) == 2
+
+
 def test_divergence_stops_with_the_likely_cause_and_keeps_checkpoints(tmp_path):
     lines = []
 

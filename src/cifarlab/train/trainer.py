@@ -332,7 +332,8 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
         if dist.is_main:
             run.open(new=False)
         state = load_checkpoint(run.last)
-        if state["epoch"] >= cfg.train.epochs and not overrides:
+        # a run killed after its last epoch but before its summary resumes into the final evaluation
+        if state["epoch"] >= cfg.train.epochs and not overrides and run.summary.exists():
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
         summary = Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
