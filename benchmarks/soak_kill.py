@@ -28,7 +28,7 @@ from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.rundir import read_metrics
 
 RESULTS = Path(__file__).parent / "results" / "soak_kill.jsonl"
-TRAIN = {"train.epochs": 12, "train.threads": 1, "data.train_limit": 2000, "data.val_size": 500}
+TRAIN = {"train.epochs": 30, "train.threads": 1, "data.train_limit": 2000, "data.val_size": 500}
 
 
 def cifarlab(*args) -> subprocess.Popen:
@@ -62,7 +62,7 @@ def soak_training(work: Path, kills: int, rng: random.Random) -> dict:
         proc = cifarlab(*args)
         args = ["train", "--resume", run]
         aim_at_write = rng.random() < 0.5  # half the kills wait for a checkpoint being written
-        deadline = time.time() + rng.uniform(3.0, 3.0 + whole_seconds / 3)  # ~3 s is the start-up
+        deadline = time.time() + rng.uniform(3.0, 3.0 + whole_seconds / 8)  # ~3 s is the start-up
         while proc.poll() is None and time.time() < deadline:
             if aim_at_write and list(run.glob(".*.tmp")):
                 break
@@ -89,7 +89,7 @@ def soak_training(work: Path, kills: int, rng: random.Random) -> dict:
 
 
 def soak_sweep(work: Path, kills: int, rng: random.Random) -> dict:
-    points = [0.005 * (i + 1) for i in range(8)]
+    points = [0.005 * (i + 1) for i in range(12)]
     study = work / "s.yaml"
     study.write_text(yaml.safe_dump({"name": "soak", "base": "quickstart", "method": "grid",
                                      "set": {**TRAIN, "train.epochs": 3, "data.train_limit": 600},
@@ -98,7 +98,7 @@ def soak_sweep(work: Path, kills: int, rng: random.Random) -> dict:
     while True:
         proc = cifarlab("sweep", "--config", study, "--out", out, "--jobs", 2, "--heartbeat", 1)
         if landed < kills:
-            time.sleep(rng.uniform(4.0, 15.0))
+            time.sleep(rng.uniform(4.0, 10.0))
             if proc.poll() is None:
                 for pid in [*_children(proc.pid), proc.pid]:  # the whole sweep: its worker processes too
                     os.kill(pid, signal.SIGKILL)
