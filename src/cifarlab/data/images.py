@@ -1,17 +1,28 @@
-"""Decode image files (from a folder or a tar archive) into one uint8 array, safely.
+"""Decode image files (from a folder or a tar/zip archive) into one uint8 array, safely and once.
 
-Nothing is ever extracted to disk: tar members are read in memory, so a member named `../x` or
-`/etc/x` cannot write anywhere; such names are refused all the same, since they only appear in
-hostile or broken archives.
+Nothing is ever extracted to disk: members are read in memory, so a member named `../x` or
+`/etc/x` cannot write anywhere; such names, and links pointing out of the archive, are refused
+all the same, since they only appear in hostile or broken archives.
+
+A source is read in two passes: the first lists its names (to sort them, find the classes and
+count the images), the second decodes each image straight into its row of an array allocated at
+the first image's size. The caller's `alloc` may hand out a memory-mapped cache file, so the
+decoded data exist once and the kernel can write them back to disk when memory runs short.
 """
 from __future__ import annotations
 
 import io
+import lzma
+import posixpath
+import stat
 import tarfile
+import warnings
 import zipfile
-from collections import Counter
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,10 +30,16 @@ from PIL import Image, UnidentifiedImageError
 from cifarlab.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+Alloc = Callable[[str, tuple], np.ndarray]  # (array name, shape) -> uint8 array to fill
+
+
+def in_memory(name: str, shape: tuple) -> np.ndarray:
+    return np.empty(shape, np.uint8)
 
 
 def is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and not PurePosixPath(name).name.startswith(".")
+    base = posixpath.basename(name)
+    return not base.startswith(".") and posixpath.splitext(base)[1].lower() in IMAGE_SUFFIXES
 
 
 def safe_member_name(name: str, archive: Path) -> PurePosixPath:
@@ -32,69 +49,186 @@ def safe_member_name(name: str, archive: Path) -> PurePosixPath:
     return p
 
 
-def iter_archive(path: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
-    """(member path, bytes) for every regular file of a .tar[.gz|.bz2|.xz] or .zip archive."""
+def _check_link(name: PurePosixPath, target: str, hard: bool, archive: Path) -> None:
+    """A link may only point inside the archive; hard link targets are archive paths, symlinks relative."""
+    resolved = posixpath.normpath(target if hard else posixpath.join(str(name.parent), target))
+    if posixpath.isabs(target) or resolved == ".." or resolved.startswith("../"):
+        raise UserError(f"archive '{archive}' has a link '{name}' pointing outside it ('{target}'): refusing to read it")
+
+
+def _check_tar_end(tf: tarfile.TarFile, path: Path, end: int) -> None:
+    """tarfile stops at the first end-of-archive block, so a cut after it would go unseen: the rest is
+    read for gzip, bzip2 and xz to check their trailers, and a plain .tar must hold the two zero blocks
+    that end every archive (else it was cut at a member boundary, where tarfile stops quietly)."""
+    while tf.fileobj.read(1 << 20):
+        pass
+    with open(path, "rb") as fh:
+        compressed = fh.read(6).startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+    if not compressed and path.stat().st_size < end + 1024:
+        raise tarfile.ReadError("the end-of-archive blocks are missing")
+
+
+@contextmanager
+def _archive_errors(path: Path) -> Iterator[None]:
+    """The many ways a damaged archive fails (EOFError from gzip, BadZipFile, zlib.error ...) -> one UserError."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    if not info.is_dir():
-                        yield safe_member_name(info.filename, path), zf.read(info)
+        yield
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as err:
+        raise UserError(f"archive '{path}' is truncated or corrupt ({_first_line(err)}): download or copy it again") from None
+    except (RuntimeError, NotImplementedError) as err:  # zipfile: encrypted members, unsupported compression
+        raise UserError(f"archive '{path}' cannot be read ({_first_line(err)}): repack it as a plain .zip or .tar.gz") from None
+
+
+def _first_line(err: Exception) -> str:
+    """tarfile.open's error lists every method it tried, one per line; the message must stay one line."""
+    return str(err).splitlines()[0].rstrip(":") if str(err).strip() else type(err).__name__
+
+
+@dataclass
+class Listing:
+    """The members of a folder or archive, named but not read; `read` then streams the wanted ones."""
+    path: Path
+    files: list[PurePosixPath] = field(default_factory=list)  # regular files
+    dirs: set[PurePosixPath] = field(default_factory=set)  # directories, stated or implied by a file
+    links: list[PurePosixPath] = field(default_factory=list)  # never followed
+    infos: dict = field(default_factory=dict)  # archive member name -> its TarInfo / ZipInfo
+
+    def read(self, wanted: Iterable[PurePosixPath]) -> Iterator[tuple[PurePosixPath, bytes]]:
+        """(name, bytes) for the wanted regular files, one in memory at a time: in the order given, except
+        in a tar, read in stored order with the headers of the first pass (going back means decompressing)."""
+        if self.path.is_dir():
+            for name in wanted:
+                try:
+                    data = (self.path / name).read_bytes()
+                except OSError as err:
+                    raise UserError(f"cannot read '{self.path / name}' ({err.strerror or err}): "
+                                    "check the file and its permissions") from None
+                yield name, data
             return
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                if m.isfile():
-                    name = safe_member_name(m.name, path)
-                    yield name, tf.extractfile(m).read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise UserError(f"archive '{path}' is truncated or corrupt ({err}): download or copy it again") from None
+        with _archive_errors(self.path):
+            if zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as zf:
+                    for name in wanted:
+                        yield name, zf.read(self.infos[name])
+            else:
+                with tarfile.open(self.path, "r:*") as tf:
+                    for name in sorted(wanted, key=lambda n: self.infos[n].offset_data):
+                        yield name, tf.extractfile(self.infos[name]).read()
+
+
+def list_source(path: Path) -> Listing:
+    """Every member of a folder or a .tar[.gz|.bz2|.xz] / .zip archive, without reading any content."""
+    out = Listing(path)
+    if path.is_dir():
+        for f in path.rglob("*"):
+            rel = PurePosixPath(f.relative_to(path).as_posix())
+            if f.is_symlink():  # a link could point outside the folder; rglob does not follow them either
+                out.links.append(rel)
+            elif f.is_dir():
+                out.dirs.add(rel)
+            elif f.is_file():
+                out.files.append(rel)
+    else:
+        with _archive_errors(path):
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        name = safe_member_name(info.filename, path)
+                        if info.is_dir():
+                            out.dirs.add(name)
+                        elif stat.S_ISLNK(info.external_attr >> 16):  # a zip symlink stores its target as content
+                            _check_link(name, zf.read(info).decode(errors="replace"), False, path)
+                            out.links.append(name)
+                        else:
+                            out.infos[name] = info  # a name stored twice: the later copy wins, as on extraction
+            else:
+                with tarfile.open(path, "r:*") as tf:
+                    end = 0
+                    for m in tf:
+                        end = m.offset_data + -(-m.size // 512) * 512
+                        name = safe_member_name(m.name, path)
+                        if m.issym() or m.islnk():
+                            _check_link(name, m.linkname, m.islnk(), path)
+                            out.links.append(name)
+                        elif m.isdir():
+                            out.dirs.add(name)
+                        elif m.isfile():
+                            out.infos[name] = m
+                    _check_tar_end(tf, path, end)
+            out.files = list(out.infos)
+    for parent in {f.parent for f in out.files}:
+        out.dirs.update((parent, *parent.parents))
+    out.dirs.discard(PurePosixPath("."))
+    return out
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit grayscale: PIL's convert clips every value above 255 (a white image); scale instead
+        wide = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")  # palette, grayscale, CMYK; RGBA loses its alpha (no compositing)
 
 
 def decode(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """HxWx3 uint8 from encoded bytes; grayscale/RGBA/palette images are converted to RGB."""
+    """HxWx3 uint8 from encoded bytes; grayscale/RGBA/palette/16-bit images are converted to 8-bit RGB."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             if size is not None and im.size != size:
                 im = im.resize(size, Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"'{where}' is not a readable image ({err}): remove or replace it") from None
 
 
-def stack_same_size(images: list[np.ndarray], names: list[str], source: str) -> np.ndarray:
-    """N x 3 x H x W uint8; refuses a mix of sizes (naming one image of each) rather than guess."""
-    sizes = Counter(im.shape[:2] for im in images)
-    if len(sizes) > 1:
-        (common, _), (other, _) = sizes.most_common(2)
-        odd = next(n for n, im in zip(names, images) if im.shape[:2] == other)
-        raise UserError(f"images in '{source}' differ in size ({common[1]}x{common[0]} and {other[1]}x{other[0]}, "
-                        f"e.g. '{odd}'): resize them to one size first")
-    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+def decode_rows(entries: Iterable[tuple[PurePosixPath, bytes]], row_of: dict[PurePosixPath, int],
+                alloc: Callable[[tuple], np.ndarray], source: str) -> np.ndarray:
+    """N x 3 x H x W uint8, each image decoded into its row; refuses a mix of sizes rather than guess."""
+    out, first = None, None
+    for name, data in entries:
+        im = decode(data, f"{source}:{name}")
+        if out is None:
+            out, first = alloc((len(row_of), 3, *im.shape[:2])), name
+        elif im.shape[:2] != out.shape[2:]:
+            raise UserError(f"images in '{source}' differ in size ('{first}' is {out.shape[3]}x{out.shape[2]}, "
+                            f"'{name}' is {im.shape[1]}x{im.shape[0]}): resize them to one size first")
+        out[row_of[name]] = im.transpose(2, 0, 1)
+    return out
 
 
-def labelled_folder(entries: Iterable[tuple[PurePosixPath, bytes]], source: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An image folder's `<class>/<image>` entries -> (x uint8 NCHW, y int64, sorted class names).
+def labelled_folder(path: Path, alloc: Alloc = in_memory) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An image folder's `<class>/<image>` files -> (x uint8 NCHW, y int64, sorted class names).
 
     The class is the parent folder of each image; a single common top folder (e.g. `train/`)
-    is ignored, as in the `train/airplane/0000.jpg` layout of an archive.
+    is ignored, as in the `train/airplane/0000.jpg` layout of an archive. Files that are not
+    images by name are skipped with a warning (hidden ones such as .DS_Store silently); a file
+    named as an image that does not decode is refused, since it means a damaged copy.
     """
-    items = sorted((p, b) for p, b in entries if is_image_name(p.name))
-    if not items:
+    source = str(path)
+    listing = list_source(path)
+    images = sorted({p for p in listing.files if is_image_name(p.name)})
+    if not images:
         raise UserError(f"'{source}' holds no image files: expected <class>/<image>.jpg|png")
-    parents = {p.parent for p, _ in items}
-    classes = sorted({par.name for par in parents})
-    if any(par == PurePosixPath(".") or par.name == "" for par in parents):
+    parents = {p.parent for p in images}
+    if PurePosixPath(".") in parents:
         raise UserError(f"'{source}' has images outside class folders: put each image in a <class>/ folder")
+    classes = sorted({par.name for par in parents})
+    # a class folder left empty (or holding no images) is a class the model would silently not know;
+    # hidden and __MACOSX-style folders are not classes
+    homes = {par.parent for par in parents}
+    holding = parents | {a for par in parents for a in par.parents}
+    empty = sorted(d for d in listing.dirs if d.parent in homes and d not in holding and not d.name.startswith((".", "__")))
+    if empty:
+        raise UserError(f"'{source}' has a class folder '{empty[0]}' with no images: add images to it or remove it")
     if len(classes) < 2:
         raise UserError(f"'{source}' has only one class folder ('{classes[0]}'): a classifier needs at least two")
+    skipped = sorted([p for p in listing.files if not is_image_name(p.name) and not p.name.startswith(".")] + listing.links)
+    if skipped:
+        warnings.warn(f"'{source}': {len(skipped)} file(s) skipped as not images or as links, e.g. '{skipped[0]}'",
+                      stacklevel=3)
     index = {c: i for i, c in enumerate(classes)}
-    images = [decode(b, f"{source}:{p}") for p, b in items]
-    y = np.array([index[p.parent.name] for p, _ in items], dtype=np.int64)
-    return stack_same_size(images, [str(p) for p, _ in items], source), y, classes
-
-
-def iter_folder(root: Path) -> Iterator[tuple[PurePosixPath, bytes]]:
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and not f.is_symlink():  # a link could point outside the folder
-            yield PurePosixPath(f.relative_to(root).as_posix()), f.read_bytes()
+    y = np.array([index[p.parent.name] for p in images], dtype=np.int64)
+    rows = {p: i for i, p in enumerate(images)}
+    x = decode_rows(listing.read(rows), rows, lambda shape: alloc("train_x", shape), source)
+    return x, y, classes

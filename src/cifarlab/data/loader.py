@@ -14,7 +14,7 @@ import torch
 
 from cifarlab.config import DataConfig
 from cifarlab.data.augment import BatchTransform
-from cifarlab.data.sources import load_dataset
+from cifarlab.data.sources import load_dataset, read_rows
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
 
@@ -52,12 +52,14 @@ def normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], li
     if cfg.normalize == "half":
         return [0.5] * c, [0.5] * c
     if cfg.normalize == "dataset":
-        # in chunks: a float copy of 100k 64x64 images would need 10 GB; float64 sums stay exact
+        # in chunks of about 16 MB of floats: a float copy of 100k 64x64 images would need 10 GB
         total, squares = np.zeros(c), np.zeros(c)
-        for i in range(0, len(train_x), 4096):
-            chunk = np.asarray(train_x[i:i + 4096], dtype=np.float64) / 255
+        step = max(1, (1 << 21) // max(1, train_x[0].size))
+        for i in range(0, len(train_x), step):
+            chunk = np.array(train_x[i:i + step], dtype=np.float64)
+            chunk /= 255
             total += chunk.sum(axis=(0, 2, 3))
-            squares += np.square(chunk).sum(axis=(0, 2, 3))
+            squares += np.einsum("nchw,nchw->c", chunk, chunk)
         n = len(train_x) * train_x.shape[2] * train_x.shape[3]
         mean = total / n
         return mean.tolist(), np.sqrt(np.maximum(squares / n - mean ** 2, 0)).tolist()
@@ -86,12 +88,17 @@ class PreparedData:
         train_idx, val_idx = stratified_split(np.asarray(raw.train_y), cfg.val_size, cfg.split_seed)
         if cfg.train_limit:
             train_idx = stratified_subset(train_idx, np.asarray(raw.train_y), cfg.train_limit, cfg.split_seed)
-        x = np.asarray(raw.train_x)
-        self.mean, self.std = normalisation(cfg, x[train_idx])
+        # Each split is one copy of its rows, shared with torch (from_numpy) on the CPU: the floor is one
+        # copy of the dataset, since the split is a selection of rows. The cached arrays are read, not mapped.
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        self.train = Split(to(x[train_idx]), to(raw.train_y[train_idx]))
-        self.val = Split(to(x[val_idx]), to(raw.train_y[val_idx]))
-        self.test = Split(to(raw.test_x), to(raw.test_y)) if raw.test_x is not None else None
+        train_x = read_rows(raw.train_x, train_idx)
+        self.mean, self.std = normalisation(cfg, train_x)
+        self.train = Split(to(train_x), to(raw.train_y[train_idx]))
+        del train_x  # on a GPU the host copy can go now
+        self.val = Split(to(read_rows(raw.train_x, val_idx)), to(raw.train_y[val_idx]))
+        self.test = None
+        if raw.test_x is not None:
+            self.test = Split(to(read_rows(raw.test_x, np.arange(len(raw.test_x)))), to(np.array(raw.test_y)))
         self.concat_original = cfg.augment.concat_original
         self.transform = BatchTransform(torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device),
                                         cfg.augment, self.image_shape[-1])

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cifarlab.data.images import decode, iter_archive, iter_folder, stack_same_size
+from cifarlab.data.images import Alloc, decode_rows, in_memory, list_source
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
 
@@ -22,12 +22,6 @@ CIFAR10_ARCHIVES = {  # file name -> (md5 of the official archive, url)
     "cifar-10-python.tar.gz": ("c58f30108f718f92721af3b95e74349a", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
 }
 _RECORD = 1 + 3 * 32 * 32  # binary version: one label byte then the R, G and B planes
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    """Basename -> bytes for an archive or an extracted folder (small enough to hold: 180 MB)."""
-    items = iter_folder(path) if path.is_dir() else iter_archive(path)
-    return {p.name: b for p, b in items}
 
 
 def _parse_binary(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,25 +62,30 @@ def _parse_pickled(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"CIFAR-10 file '{name}' is not a valid CIFAR-10 python batch ({err}): use the official archive") from None
     if len(x) != len(y):
         raise UserError(f"CIFAR-10 file '{name}' has {len(x)} images but {len(y)} labels: the archive is damaged")
+    bad = y[(y < 0) | (y >= 10)]
+    if len(bad):  # a label out of range would fail deep inside training instead
+        raise UserError(f"CIFAR-10 file '{name}' has label {bad[0]}: the archive is damaged or not CIFAR-10")
     return x, y
 
 
-def read_cifar10(path: Path) -> RawDataset:
-    files = _files(path)
-    if "data_batch_1.bin" in files:
+def read_cifar10(path: Path, alloc: Alloc = in_memory) -> RawDataset:
+    listing = list_source(path)
+    by_name = {p.name: p for p in sorted(listing.files)}
+    if "data_batch_1.bin" in by_name:
         parse, names, test = _parse_binary, [f"data_batch_{i}.bin" for i in range(1, 6)], "test_batch.bin"
-    elif "data_batch_1" in files:
+    elif "data_batch_1" in by_name:
         parse, names, test = _parse_pickled, [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
     else:
         raise UserError(f"'{path}' is not a CIFAR-10 archive or folder (no data_batch_1[.bin]): "
                         "give cifar-10-binary.tar.gz, cifar-10-python.tar.gz or their extracted folder")
-    missing = [n for n in names + [test] if n not in files]
+    missing = [n for n in names + [test] if n not in by_name]
     if missing:
         raise UserError(f"CIFAR-10 at '{path}' lacks '{missing[0]}': the archive is incomplete, download it again")
-    parts = [parse(files[n], n) for n in names]
-    tx, ty = parse(files[test], test)
-    return RawDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                      CIFAR10_CLASSES, test_x=tx, test_y=ty)
+    # each batch is parsed as it is read, so only one raw 30 MB batch is held at a time
+    parts = {p.name: parse(blob, p.name) for p, blob in listing.read([by_name[n] for n in names + [test]])}
+    x = np.concatenate([parts[n][0] for n in names], out=alloc("train_x", (sum(len(parts[n][1]) for n in names), 3, 32, 32)))
+    tx = np.concatenate([parts[test][0]], out=alloc("test_x", parts[test][0].shape))
+    return RawDataset(x, np.concatenate([parts[n][1] for n in names]), CIFAR10_CLASSES, test_x=tx, test_y=parts[test][1])
 
 
 def fetch_cifar10(cache_dir: Path) -> Path:
@@ -101,30 +100,28 @@ def fetch_cifar10(cache_dir: Path) -> Path:
     md5, url = CIFAR10_ARCHIVES[fname]
     try:
         return Path(pooch.retrieve(url, known_hash=f"md5:{md5}", fname=fname, path=cache_dir, progressbar=False))
+    except ValueError:  # pooch: the md5 differs; it has deleted the download already
+        raise UserError(f"the downloaded {fname} is corrupt (its md5 is not the official {md5}) and was not kept: "
+                        f"run again to download it anew, or copy the official archive and give --data cifar10:PATH") from None
     except Exception as err:
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
         raise UserError(f"could not download CIFAR-10 ({reason}): copy {fname} or cifar-10-python.tar.gz here "
                         f"and give --data cifar10:PATH, or place it in {cache_dir}") from None
 
 
-def read_tinyimagenet(path: Path) -> RawDataset:
+def read_tinyimagenet(path: Path, alloc: Alloc = in_memory) -> RawDataset:
     """The official tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG with
     val/val_annotations.txt, wnids.txt and words.txt. The labelled val set serves as the test split
     (the official test set has no labels); validation is carved from train as for every dataset."""
-    items = iter_folder(path) if path.is_dir() else iter_archive(path)
-    by_name: dict[str, dict[PurePosixPath, bytes]] = {"train": {}, "val": {}}
-    meta: dict[str, bytes] = {}
-    for p, b in items:
+    listing = list_source(path)
+    files = listing.files
+
+    def rel(p: PurePosixPath) -> tuple[str, ...]:  # without the archive's top folder (tiny-imagenet-200/)
         parts = p.parts
-        # drop the archive's top folder (tiny-imagenet-200/) wherever it is present
-        if parts and parts[0] not in ("train", "val", "test", "wnids.txt", "words.txt"):
-            parts = parts[1:]
-        if len(parts) == 1 and parts[0] in ("wnids.txt", "words.txt"):
-            meta[parts[0]] = b
-        elif len(parts) >= 2 and parts[0] in by_name and parts[-1] != "val_annotations.txt":
-            by_name[parts[0]][PurePosixPath(*parts)] = b
-        elif parts and parts[-1] == "val_annotations.txt":
-            meta["val_annotations.txt"] = b
+        return parts[1:] if parts and parts[0] not in ("train", "val", "test", "wnids.txt", "words.txt") else parts
+
+    wanted_meta = {p for p in files if rel(p) in (("wnids.txt",), ("words.txt",)) or p.name == "val_annotations.txt"}
+    meta = {p.name: b for p, b in listing.read(wanted_meta)}
     for need in ("wnids.txt", "val_annotations.txt"):
         if need not in meta:
             raise UserError(f"'{path}' is not a Tiny ImageNet archive or folder (no {need}): give tiny-imagenet-200.zip or its folder")
@@ -132,20 +129,21 @@ def read_tinyimagenet(path: Path) -> RawDataset:
     index = {w: i for i, w in enumerate(wnids)}
     words = dict(line.split("\t", 1) for line in meta.get("words.txt", b"").decode().splitlines() if "\t" in line)
     classes = [words.get(w, w).split(",")[0].strip() or w for w in wnids]
-
-    def load(entries: dict[PurePosixPath, bytes], label_of) -> tuple[np.ndarray, np.ndarray]:
-        kept = [(p, b, label_of(p)) for p, b in sorted(entries.items()) if p.suffix.upper() == ".JPEG"]
-        kept = [(p, b, lab) for p, b, lab in kept if lab is not None]
-        if not kept:
-            raise UserError(f"Tiny ImageNet at '{path}' has no labelled images in one split: the archive is incomplete")
-        images = [decode(b, f"{path}:{p}") for p, b, _ in kept]
-        return stack_same_size(images, [str(p) for p, _, _ in kept], str(path)), np.array([lab for *_, lab in kept], dtype=np.int64)
-
     val_labels = {}
     for line in meta["val_annotations.txt"].decode().splitlines():
         cols = line.split("\t")
         if len(cols) >= 2 and cols[1] in index:
             val_labels[cols[0]] = index[cols[1]]
-    train_x, train_y = load(by_name["train"], lambda p: index.get(p.parts[1]))
-    test_x, test_y = load(by_name["val"], lambda p: val_labels.get(p.name))
+
+    def load(split: str, label_of, name: str) -> tuple[np.ndarray, np.ndarray]:
+        names = sorted({p for p in files if len(rel(p)) >= 2 and rel(p)[0] == split and p.suffix.upper() == ".JPEG"})
+        kept = [(p, lab) for p in names if (lab := label_of(p)) is not None]
+        if not kept:
+            raise UserError(f"Tiny ImageNet at '{path}' has no labelled images in one split: the archive is incomplete")
+        rows = {p: i for i, (p, _) in enumerate(kept)}
+        x = decode_rows(listing.read(rows), rows, lambda shape: alloc(name, shape), str(path))
+        return x, np.array([lab for _, lab in kept], dtype=np.int64)
+
+    train_x, train_y = load("train", lambda p: index.get(rel(p)[1]), "train_x")
+    test_x, test_y = load("val", lambda p: val_labels.get(p.name), "test_x")
     return RawDataset(train_x, train_y, classes, test_x=test_x, test_y=test_y)

@@ -3,6 +3,10 @@
 Decoding 50,000 JPEGs takes seconds; it is done once. The decoded arrays are stored as .npy files
 under a key made from the source's bytes (so an edited folder or another archive never hits a
 stale entry) and later runs memory-map them, starting in well under a second.
+
+The first run decodes straight into those .npy files (memory-mapped, in a temporary entry renamed
+into place when complete), so a dataset is never held twice in memory, and the pages written can
+go back to disk if memory runs short. See docs/reliability.md for the measured peaks.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.data import official
-from cifarlab.data.images import iter_archive, iter_folder, labelled_folder
+from cifarlab.data.images import labelled_folder
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
 
@@ -39,32 +43,74 @@ def sample_path() -> Path:
 
 def _content_key(kind: str, path: Path) -> str:
     h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            h.update(f.read_bytes())
-    else:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+    f = path
+    try:
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+                h.update(f.relative_to(path).as_posix().encode() + b"\0")
+                h.update(f.read_bytes())
+        else:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+    except OSError as err:
+        raise UserError(f"cannot read '{f}' ({err.strerror or err}): check the file and its permissions") from None
     return h.hexdigest()[:32]
 
 
-def _save(entry: Path, ds: RawDataset, source: str) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
-    try:
-        arrays = {"train_x": ds.train_x, "train_y": ds.train_y}
-        if ds.test_x is not None:
-            arrays.update(test_x=ds.test_x, test_y=ds.test_y)
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-        (tmp / "meta.json").write_text(json.dumps({"classes": ds.classes, "source": source}))
-        os.replace(tmp, entry)  # atomic: a reader sees the whole entry or none
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not entry.is_dir():  # a lost race with another process is fine; anything else is not
-            raise
+class _Staging:
+    """A temporary cache entry that readers decode into; renamed into place once complete, so a reader
+    of the cache sees a whole entry or none."""
+
+    def __init__(self, entry: Path | None):
+        self.entry, self.tmp, self.mapped = entry, None, {}
+        if entry is not None:
+            try:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                self.tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
+            except OSError:
+                pass  # a read-only cache only costs the next run a decode
+
+    def array(self, name: str, shape: tuple) -> np.ndarray:
+        """A uint8 array to fill: the entry's .npy file, memory-mapped, or plain memory without a cache."""
+        if self.tmp is not None and hasattr(os, "posix_fallocate"):
+            f = self.tmp / f"{name}.npy"
+            try:
+                arr = np.lib.format.open_memmap(f, mode="w+", dtype=np.uint8, shape=shape)
+                with open(f, "r+b") as fh:  # blocks reserved now: a full disk is an OSError here, not a SIGBUS mid-decode
+                    os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+                self.mapped[name] = arr
+                return arr
+            except (OSError, ValueError):
+                f.unlink(missing_ok=True)
+        return np.empty(shape, np.uint8)
+
+    def commit(self, ds: RawDataset, source: str) -> RawDataset:
+        """The entry, renamed into place and mapped read-only; `ds` itself where the cache cannot be written."""
+        if self.tmp is None:
+            return ds
+        try:
+            arrays = {"train_x": ds.train_x, "train_y": ds.train_y}
+            if ds.test_x is not None:
+                arrays.update(test_x=ds.test_x, test_y=ds.test_y)
+            for name, arr in arrays.items():
+                if arr is self.mapped.get(name):
+                    arr.flush()
+                else:
+                    np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(arr))
+            self.mapped.clear()
+            (self.tmp / "meta.json").write_text(json.dumps({"classes": ds.classes, "source": source}))
+            os.replace(self.tmp, self.entry)  # atomic
+            self.tmp = None
+        except OSError:
+            if not self.entry.is_dir():  # a lost race with another process is fine: its entry is the same
+                return ds
+        cached = _load(self.entry)
+        return cached if cached is not None else ds
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _load(entry: Path) -> RawDataset | None:
@@ -102,16 +148,48 @@ def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
     entry = cache_dir() / "datasets" / key
     if use_cache and (ds := _load(entry)) is not None:
         return ds
-    if kind == "cifar10":
-        ds = official.read_cifar10(path)
-    elif kind == "tinyimagenet":
-        ds = official.read_tinyimagenet(path)
-    else:
-        x, y, classes = labelled_folder(iter_folder(path) if path.is_dir() else iter_archive(path), str(path))
-        ds = RawDataset(x, y, classes)
-    if use_cache:
-        try:
-            _save(entry, ds, spec)
-        except OSError:
-            pass  # a read-only or full cache only costs the next run a decode
-    return ds
+    staging = _Staging(entry if use_cache else None)
+    try:
+        if kind == "cifar10":
+            ds = official.read_cifar10(path, staging.array)
+        elif kind == "tinyimagenet":
+            ds = official.read_tinyimagenet(path, staging.array)
+        else:
+            ds = RawDataset(*labelled_folder(path, staging.array))
+        return staging.commit(ds, spec)
+    finally:
+        staging.discard()
+
+
+def read_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """`x[idx]` in memory. From a cached (memory-mapped) array the rows are read with plain file reads:
+    indexing the map would also make every page it touches resident in this process, so its RSS would
+    count the data twice (the map and the copy), although the map's half is only page cache."""
+    offset = _npy_data_offset(x)
+    if offset is None:
+        return x[idx]
+    out = np.empty((len(idx), *x.shape[1:]), x.dtype)
+    if not len(idx):
+        return out
+    row = out[:1].nbytes
+    ends = np.flatnonzero(np.diff(idx) != 1) + 1  # read runs of consecutive rows at once
+    with open(x.filename, "rb", buffering=0) as fh:
+        for a, b in zip(np.r_[0, ends], np.r_[ends, len(idx)]):
+            fh.seek(offset + int(idx[a]) * row)
+            view = memoryview(out[a:b]).cast("B")
+            if fh.readinto(view) != len(view):
+                raise UserError(f"cache file '{x.filename}' is truncated: delete it and run again")
+    return out
+
+
+def _npy_data_offset(x: np.ndarray) -> int | None:
+    """Where the data of a memory-mapped .npy start, if `x` is the whole of it (not a slice)."""
+    if not isinstance(x, np.memmap) or not x.filename or not x.flags.c_contiguous:
+        return None
+    fmt = np.lib.format
+    with open(x.filename, "rb") as fh:
+        version = fmt.read_magic(fh)
+        read = {1: fmt.read_array_header_1_0, 2: fmt.read_array_header_2_0}.get(version[0])
+        if read is None or read(fh) != (x.shape, False, x.dtype):
+            return None
+        return fh.tell()
