@@ -96,6 +96,11 @@ class Trainer:
             if self.dist.is_main:
                 atomic_write_text(run.config, cfg.to_yaml())
                 run.write_json(run.environment, {**environment(self.device, self.precision), "processes": self.dist.world})
+            test = f", {len(self.data.test)} test" if self.data.test is not None else ""
+            procs = f" x {self.dist.world} processes" if self.dist.active else ""
+            self.log(f"{cfg.name}: {cfg.model.name} ({count_parameters(self.model):,} parameters) on "
+                     f"{len(self.data.train)} train / {len(self.data.val)} val{test} images, "
+                     f"{self.device}{procs} {self.precision}, run dir {run.path}")
             return self._epochs()
         except WriteFailed as err:  # every file is written whole or not at all, so what is there is good
             resume = (f"continue it with --resume {run.path}" if run.last.exists() else "run it again")
@@ -104,7 +109,7 @@ class Trainer:
                               f"then {resume}") from None
 
     def _epochs(self) -> dict:
-        cfg, t, run = self.cfg, self.cfg.train, self.run
+        t = self.cfg.train
         wall0, stop_reason, chance_streak = time.time(), None, 0
         for epoch in range(self.epoch + 1, t.epochs + 1):
             epoch0 = time.perf_counter()
