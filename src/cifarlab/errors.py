@@ -9,6 +9,10 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = ""):
+        # a message quotes what the user typed, which may hold line breaks: keep the promise of one line
+        super().__init__("\\n".join(str(message).splitlines()) if message else message)
+
 
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; the message names the likely cause. Checkpoints of earlier epochs stay."""
