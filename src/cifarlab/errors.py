@@ -14,6 +14,10 @@ class UserError(Exception):
         super().__init__("\\n".join(str(message).splitlines()) if message else message)
 
 
+class CifarlabWarning(UserWarning):
+    """Something in the user's input was worked around (e.g. files skipped); the CLI prints it on one line."""
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/inf; the message names the likely cause. Checkpoints of earlier epochs stay."""
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 from typer.exceptions import TyperException
 
-from cifarlab.errors import UserError
+from cifarlab.errors import CifarlabWarning, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Define, train, evaluate and compare image classifiers.")
@@ -174,9 +175,17 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
 from cifarlab.cli import reports, studies  # noqa: E402,F401  (their commands register on `app`)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, CifarlabWarning):  # ours: one line, like errors; others keep Python's format
+        print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Entry point: every user error becomes one line on stderr and exit code 2."""
     args = sys.argv[1:] if argv is None else list(argv)
+    warnings.showwarning = _show_warning
     try:
         app(args=args or ["--help"], prog_name="cifarlab", standalone_mode=False)
     except UserError as err:

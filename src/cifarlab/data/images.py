@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifarlab.errors import UserError
+from cifarlab.errors import CifarlabWarning, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 Alloc = Callable[[str, tuple], np.ndarray]  # (array name, shape) -> uint8 array to fill
@@ -226,7 +226,7 @@ def labelled_folder(path: Path, alloc: Alloc = in_memory) -> tuple[np.ndarray, n
     skipped = sorted([p for p in listing.files if not is_image_name(p.name) and not p.name.startswith(".")] + listing.links)
     if skipped:
         warnings.warn(f"'{source}': {len(skipped)} file(s) skipped as not images or as links, e.g. '{skipped[0]}'",
-                      stacklevel=3)
+                      CifarlabWarning, stacklevel=3)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[p.parent.name] for p in images], dtype=np.int64)
     rows = {p: i for i, p in enumerate(images)}
