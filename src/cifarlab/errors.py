@@ -25,6 +25,10 @@ class TrainingDiverged(UserError):
 class WriteFailed(UserError):
     """A file could not be written (disk full, read-only, quota). Files written before stay intact."""
 
-    def __init__(self, path, err: OSError, advice: str = "free space on that disk or write somewhere else"):
-        self.path, self.reason = path, err.strerror or str(err)
-        super().__init__(f"cannot write '{path}' ({self.reason}): {advice}")
+    def __init__(self, path, reason: str, advice: str = "free space on that disk or write somewhere else"):
+        self.path, self.reason = path, reason
+        super().__init__(f"cannot write '{path}' ({reason}): {advice}")
+
+    @classmethod
+    def from_os_error(cls, path, err: OSError) -> "WriteFailed":
+        return cls(path, err.strerror or str(err))

@@ -149,6 +149,9 @@ def _pop_waiting(s: optuna.Study):
     storage = s._storage
     for t in s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(s._study_id, t.number)
+        # beat before taking it: a RUNNING trial without any heartbeat would never go stale, so a
+        # worker killed between the two would leave it "running" forever (a beat on a waiting trial is harmless)
+        storage.record_heartbeat(trial_id)
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(s, trial_id)
@@ -230,6 +233,7 @@ def work(study: Study, s: optuna.Study, out: Path, log: Log, stop_when_drained: 
             with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
                 warnings.simplefilter("ignore", UserWarning)
                 trial = s.ask()
+                s._storage.record_heartbeat(trial._trial_id)  # at once: see _pop_waiting
         if trial is not None:
             idle_since = None
             run_trial(study, s, trial, out, log)

@@ -42,7 +42,7 @@ def atomic_write(path: Path, write) -> None:
     except OSError as err:  # disk full, read-only, quota: the old file is untouched, say so in one line
         if tmp:
             Path(tmp).unlink(missing_ok=True)
-        raise WriteFailed(path, err) from None
+        raise WriteFailed.from_os_error(path, err) from None
     except BaseException:
         if tmp:
             Path(tmp).unlink(missing_ok=True)

@@ -104,7 +104,7 @@ class RunDir:
             with open(self.log, "a") as f:
                 f.write(line + "\n")
         except OSError as err:
-            raise WriteFailed(self.log, err) from None
+            raise WriteFailed.from_os_error(self.log, err) from None
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -104,7 +104,7 @@ class Trainer:
             return self._epochs()
         except WriteFailed as err:  # every file is written whole or not at all, so what is there is good
             resume = (f"continue it with --resume {run.path}" if run.last.exists() else "run it again")
-            raise WriteFailed(err.path, OSError(0, err.reason),
+            raise WriteFailed(err.path, err.reason,
                               f"the run up to epoch {self.saved_epoch} is intact in {run.path}; free space on that disk, "
                               f"then {resume}") from None
 
