@@ -48,7 +48,11 @@ def start(*args, **kw) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill9(proc)  # a hung command fails the test and does not outlive it
+        raise
     return proc.returncode, out, err
 
 
