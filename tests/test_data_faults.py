@@ -285,3 +285,14 @@ def test_encrypted_zip_is_refused(tmp_path):
     raw[central + 8] |= 0x1  # the "encrypted" flag of the first member, as a password-protected zip has
     arc.write_bytes(bytes(raw))
     refused(f"folder:{arc}", "cannot be read .*password.*: repack it as a plain .zip or .tar.gz")
+
+
+@pytest.mark.parametrize("packed", ["folder", "tar", "zip"])
+def test_a_member_too_large_for_an_image_is_refused_unread(tmp_path, monkeypatch, packed):
+    """A member is read whole before decoding: a huge one (e.g. a zip bomb's) is refused by its stated size."""
+    from cifarlab.data import images
+    src = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
+    (src / "b" / "huge.png").write_bytes(b"\0" * 5000)  # 5 kB against a limit lowered to 4 kB below
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 4000)
+    spec = {"folder": src, "tar": tar_folder(src, tmp_path / "i.tar.gz"), "zip": zip_folder(src, tmp_path / "i.zip")}
+    refused(f"folder:{spec[packed]}", "huge.png' is 0 MiB, too large for one image of a dataset")

@@ -33,6 +33,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 Alloc = Callable[[str, tuple], np.ndarray]  # (array name, shape) -> uint8 array to fill
 
 
+MAX_IMAGE_BYTES = 64 * 2**20  # far above any dataset image; below what a member could cost in memory
+
+
 def in_memory(name: str, shape: tuple) -> np.ndarray:
     return np.empty(shape, np.uint8)
 
@@ -93,12 +96,19 @@ class Listing:
     links: list[PurePosixPath] = field(default_factory=list)  # never followed
     infos: dict = field(default_factory=dict)  # archive member name -> its TarInfo / ZipInfo
 
+    def _check_size(self, name: PurePosixPath, size: int) -> None:
+        # a member is read whole before decoding: a huge one (a zip bomb's) must be refused unread
+        if size > MAX_IMAGE_BYTES:
+            raise UserError(f"'{self.path}:{name}' is {size / 2**20:.0f} MiB, too large for one image of a dataset "
+                            f"(limit {MAX_IMAGE_BYTES // 2**20} MiB): remove it")
+
     def read(self, wanted: Iterable[PurePosixPath]) -> Iterator[tuple[PurePosixPath, bytes]]:
         """(name, bytes) for the wanted regular files, one in memory at a time: in the order given, except
         in a tar, read in stored order with the headers of the first pass (going back means decompressing)."""
         if self.path.is_dir():
             for name in wanted:
                 try:
+                    self._check_size(name, (self.path / name).stat().st_size)
                     data = (self.path / name).read_bytes()
                 except OSError as err:
                     raise UserError(f"cannot read '{self.path / name}' ({err.strerror or err}): "
@@ -108,11 +118,13 @@ class Listing:
         with _archive_errors(self.path):
             if zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
-                    for name in wanted:
+                    for name in wanted:  # zipfile reads no more than the header's size, so checking it is enough
+                        self._check_size(name, self.infos[name].file_size)
                         yield name, zf.read(self.infos[name])
             else:
                 with tarfile.open(self.path, "r:*") as tf:
                     for name in sorted(wanted, key=lambda n: self.infos[n].offset_data):
+                        self._check_size(name, self.infos[name].size)
                         yield name, tf.extractfile(self.infos[name]).read()
 
 
