@@ -138,3 +138,44 @@ def test_eval_with_flip_tta(cli, trained):
     plain = json.loads(cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--json")[1].splitlines()[-1])
     tta = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]
+
+
+def _listed_commands(help_text):
+    return {line.split()[0] for line in help_text.splitlines() if line.startswith("  ") and line.split()}
+
+
+def test_every_entry_point_lists_every_command():
+    """`python -m cifarlab.cli.main`, `python -m cifarlab` and run() show the same commands
+    (cli/main.py as __main__ once built a second app that lacked the report and study commands)."""
+    import subprocess
+    import sys
+    seen = []
+    for argv in (["-m", "cifarlab.cli.main", "--help"], ["-m", "cifarlab", "--help"]):
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        seen.append(_listed_commands(done.stdout))
+    assert seen[0] == seen[1]
+    assert {"train", "eval", "models", "recipes", "sweep", "repeat", "compare", "report", "runs"} <= seen[0], seen[0]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_leaves_run_resumable(tmp_path):
+    """SIGINT during `train`: exit 130 (typer returned it and run() used to drop it as 0), one line,
+    and the run continues with --resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cifarlab", "train", "--recipe", "quickstart", "--epochs", "200",
+           "--threads", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("cifarlab:")]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0], err
+    assert "Traceback" not in err
+    assert (out / "last.pt").is_file() and (out / "config.yaml").is_file()

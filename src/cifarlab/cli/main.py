@@ -9,27 +9,14 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 from typer.exceptions import TyperException
 
 from cifarlab.errors import CifarlabWarning, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="Define, train, evaluate and compare image classifiers.")
-
-
-def emit_json(obj: Any) -> None:
-    """The last line on stdout: one JSON object (machine-readable result)."""
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _say(as_json: bool):
-    """Human lines go to stdout, or to stderr when stdout is reserved for --json."""
-    stream = sys.stderr if as_json else sys.stdout
-    return lambda line: print(line, file=stream, flush=True)
+from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
 
 
 @app.command()
@@ -172,7 +159,9 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
         print(f"{r['name']:<{w}}  {r['model']:<14} {r['epochs']:>4} ep  {rep:<22} {r['description']}")
 
 
-from cifarlab.cli import reports, studies  # noqa: E402,F401  (their commands register on `app`)
+# Their commands register on the shared `app` (cli/app.py); they import app.py, never this module, so
+# `python -m cifarlab.cli.main` (where this module is __main__) lists every command too.
+from cifarlab.cli import reports, studies  # noqa: E402,F401
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
@@ -187,7 +176,12 @@ def run(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
     try:
-        app(args=args or ["--help"], prog_name="cifarlab", standalone_mode=False)
+        code = app(args=args or ["--help"], prog_name="cifarlab", standalone_mode=False)
+        if isinstance(code, int) and code == 130:  # typer turns Ctrl-C into a returned 130, not an exception
+            print("cifarlab: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
+            return 130
+        if isinstance(code, int) and code:
+            return code
     except UserError as err:
         print(f"cifarlab: error: {err}", file=sys.stderr)
         return err.exit_code

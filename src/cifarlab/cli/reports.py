@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cifarlab.cli.main import _say, app, emit_json
+from cifarlab.cli.app import _say, app, emit_json
 from cifarlab.errors import UserError
 
 
