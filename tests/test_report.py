@@ -319,3 +319,15 @@ def test_layer_table_counts_macs_and_parameters():
         rows = layer_table(m, (3, 32, 32))
         assert sum(r["parameters"] for r in rows) == count_parameters(m) == table_totals(rows, m)["parameters"]
         assert m.training  # the summary leaves the model as it found it
+
+
+def test_importing_cifarlab_leaves_the_matplotlib_backend_alone():
+    """A library import must not change the caller's process (a notebook keeps its backend)."""
+    import subprocess
+    import sys
+    code = ("import matplotlib; matplotlib.use('svg'); "
+            "import cifarlab.report.plots, cifarlab.report.build, cifarlab.studies.outputs, cifarlab.studies.lrfind; "
+            "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().lower() == "svg", done.stdout

@@ -13,11 +13,11 @@ import math
 from typing import Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # before any pyplot import anywhere: reports never need a display
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import PercentFormatter  # noqa: E402
+import numpy as np
+# Figure objects render through Agg on savefig without pyplot, so importing this module leaves the
+# caller's backend alone (a notebook keeps its inline backend).
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 def _plain_text(plot):
     """Run names and class names are data, not TeX: a '$' in them must not start mathtext."""

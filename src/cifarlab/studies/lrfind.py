@@ -110,11 +110,11 @@ def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: fl
 
 
 def _plot(lrs, losses, sug, path: Path, cfg) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure object, not pyplot: no global state and no backend switch in the caller's process.
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     ax.plot(lrs, losses)
     for (name, lr), colour in zip(sug.items(), ("C1", "C2", "C3")):
         i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k] / lr)))
@@ -127,5 +127,4 @@ def _plot(lrs, losses, sug, path: Path, cfg) -> str:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return str(path)

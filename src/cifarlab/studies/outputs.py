@@ -69,9 +69,8 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure object, not pyplot: no global state and no backend switch in the caller's process.
+    from matplotlib.figure import Figure
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -81,7 +80,8 @@ def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
             continue
         xs = [r[p.key] for r in done]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.add_subplot()
         if numeric:
             pairs = sorted(zip(xs, done), key=lambda xr: xr[0])
             ax.errorbar([x for x, _ in pairs], [r["val_accuracy"] for _, r in pairs],
@@ -101,7 +101,6 @@ def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
         fig.tight_layout()
         path = folder / f"{p.key}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(str(path))
     return written
 
