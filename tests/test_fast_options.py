@@ -165,3 +165,56 @@ def test_tta_flip_averages_an_image_with_its_mirror():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
     x = torch.rand(3, 3, 4, 4)
     torch.testing.assert_close(tta_logits(model, x, 1), (model(x) + model(x.flip(3))) / 2)
+
+
+# ---------------------------------------------------------------------- Muon
+
+def _muon_for(model):
+    from cifarlab.train.muon import MuonWithAuxiliary, muon_split
+
+    matrices, rest = muon_split(model)
+    return MuonWithAuxiliary([{"params": matrices, "lr": 0.05}], [{"params": rest, "lr": 0.05}],
+                             lambda groups: torch.optim.SGD(groups, momentum=0.9), momentum=0.9)
+
+
+def test_muon_takes_conv_kernels_and_hidden_matrices_but_not_the_head():
+    from cifarlab.train.muon import muon_split
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.Linear(8, 2))
+    matrices, rest = muon_split(model)
+    assert [tuple(p.shape) for p in matrices] == [(4, 3, 3, 3), (8, 144)]
+    assert {id(p) for p in rest} == {id(model[0].bias), id(model[2].bias), id(model[3].weight), id(model[3].bias)}
+
+
+def test_muon_trains_a_conv_net_under_a_scheduler_and_resumes_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > 0).long()  # learnable from the first channel
+
+    def run(model, opt, sched, steps):
+        losses = []
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        return losses
+
+    a = _net()
+    kernel0 = a[0].weight.detach().clone()
+    opt_a = _muon_for(a)
+    sched_a = torch.optim.lr_scheduler.LambdaLR(opt_a, lambda s: 1 - s / 40)
+    losses = run(a, opt_a, sched_a, 20)
+    assert losses[-1] < 0.85 * losses[0]  # it learns
+    assert not torch.equal(a[0].weight, kernel0)  # Muon's update of the 2-D view moved the 4-D kernel
+    assert opt_a.muon.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - 20 / 40))  # the scheduler reached Muon
+    b = _net()
+    b.load_state_dict(a.state_dict())
+    opt_b = _muon_for(b)
+    sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda s: 1 - s / 40)
+    opt_b.load_state_dict(opt_a.state_dict())
+    sched_b.load_state_dict(sched_a.state_dict())
+    assert run(a, opt_a, sched_a, 5) == run(b, opt_b, sched_b, 5)
+    assert opt_b.muon.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - 25 / 40))
