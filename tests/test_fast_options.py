@@ -1,6 +1,8 @@
 """The fast-training building blocks: weight EMA, parameter groups, Mixup/CutMix, TTA levels."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -214,7 +216,7 @@ def test_muon_trains_a_conv_net_under_a_scheduler_and_resumes_exactly():
     b.load_state_dict(a.state_dict())
     opt_b = _muon_for(b)
     sched_b = torch.optim.lr_scheduler.LambdaLR(opt_b, lambda s: 1 - s / 40)
-    opt_b.load_state_dict(opt_a.state_dict())
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as from a checkpoint: no shared buffers
     sched_b.load_state_dict(sched_a.state_dict())
     assert run(a, opt_a, sched_a, 5) == run(b, opt_b, sched_b, 5)
     assert opt_b.muon.param_groups[0]["lr"] == pytest.approx(0.05 * (1 - 25 / 40))
