@@ -29,7 +29,7 @@ PathRule = Literal["required", "optional", "none"]  # none: the spec takes no PA
 @dataclass(frozen=True)
 class DatasetKind:
     name: str
-    read: Callable[..., "RawDataset"]  # (path, alloc) -> RawDataset
+    read: Callable[..., RawDataset]  # (path, alloc) -> RawDataset
     summary: str
     path: PathRule
     default: Callable[[Path], Path] | None  # the source when no PATH is given, from the cache folder

@@ -27,15 +27,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class OptimizerEntry:
     name: str
-    build: Callable[..., "torch.optim.Optimizer"]  # (cfg: OptimizerConfig, params) -> optimizer
-    states: Callable[["OptimizerConfig"], int]  # tensors kept per parameter, for the checkpoint size
+    build: Callable[..., torch.optim.Optimizer]  # (cfg: OptimizerConfig, params) -> optimizer
+    states: Callable[[OptimizerConfig], int]  # tensors kept per parameter, for the checkpoint size
     summary: str  # first line of the builder's docstring
 
 
 OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer")
 
 
-def register_optimizer(name: str, states: Callable[["OptimizerConfig"], int]):
+def register_optimizer(name: str, states: Callable[[OptimizerConfig], int]):
     """Decorator: `@register_optimizer("sgd", states=...)` over a builder `build(cfg, params)`."""
     def add(build):
         doc = inspect.getdoc(build) or ""

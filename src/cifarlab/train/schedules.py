@@ -42,7 +42,7 @@ class Point:
 @dataclass(frozen=True)
 class ScheduleEntry:
     name: str
-    factor: Callable[["ScheduleConfig", Point], float]
+    factor: Callable[[ScheduleConfig, Point], float]
     warmup: bool  # False: the schedule has its own rise, and warmup_epochs does not apply
     summary: str  # first line of the function's docstring
 
