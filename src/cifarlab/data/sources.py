@@ -43,7 +43,7 @@ def sample_path() -> Path:
 
 # The bundled sample is a folder archive; cached under "folder", its entry is the one `folder:` that archive has.
 register_dataset("sample", path="none", default=lambda cache: sample_path(), cache_as="folder",
-                 summary="a small CIFAR-10 sample shipped with cifarlab: runs without a download")(read_folder)
+                 summary="the 4,000-image CIFAR-10 sample bundled with cifarlab (no download)")(read_folder)
 
 
 def _content_key(kind: str, path: Path) -> str:
