@@ -180,7 +180,8 @@ def _explain(err: ValidationError) -> str:
         return f"unknown config key '{where}'{hint}"
     got = e.get("input")
     msg = e["msg"].removeprefix("Value error, ")
-    got_s = "" if isinstance(got, dict) or repr(got) in msg else f" (got {got!r})"  # said once is enough
+    said = isinstance(got, str) and repr(got) in msg  # e.g. "unknown optimizer 'adm'": once is enough
+    got_s = "" if isinstance(got, dict) or said else f" (got {got!r})"
     return f"config key '{where}': {msg}{got_s}" if where else f"config: {msg}"
 
 
