@@ -9,12 +9,26 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cifarlab.data.registry import spec_help
 from cifarlab.errors import UserError
+from cifarlab.registry import Registry
+# These two registries are torch-free (their entries import torch when they build), so checking names is cheap.
+from cifarlab.train.optimizers import OPTIMIZERS
+from cifarlab.train.schedules import SCHEDULES
+
+
+def _registered(registry: Registry) -> AfterValidator:
+    """A name that must be in `registry` when the config is validated (so entries added later count)."""
+    def check(name: str) -> str:
+        if name not in registry:
+            raise ValueError(registry.unknown(name))
+        return name
+    return AfterValidator(check)
 
 
 class _Section(BaseModel):
@@ -49,7 +63,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = Field("sample", description="sample | cifar10[:PATH] | tinyimagenet:PATH | folder:PATH")
+    dataset: str = Field("sample", description=spec_help())
     val_size: float = Field(0.1, gt=0, description="validation images carved from train: a count, or a fraction < 1")
     split_seed: int = 0
     train_limit: int | None = Field(None, ge=1, description="train on a stratified subset of this many images")
@@ -67,7 +81,7 @@ class DataConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    name: Annotated[str, _registered(OPTIMIZERS)] = Field("sgd", description=OPTIMIZERS.listing(" | "))
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD and RMSprop only")
     nesterov: bool = False
@@ -78,7 +92,7 @@ class OptimizerConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "constant"
+    name: Annotated[str, _registered(SCHEDULES)] = Field("constant", description=SCHEDULES.listing(" | "))
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
     step_size: int = Field(30, ge=1, description="step: multiply by gamma every step_size epochs")
     gamma: float = Field(0.1, gt=0)
@@ -165,8 +179,9 @@ def _explain(err: ValidationError) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else " (see `cifarlab train --help` for the keys)"
         return f"unknown config key '{where}'{hint}"
     got = e.get("input")
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     msg = e["msg"].removeprefix("Value error, ")
+    said = isinstance(got, str) and repr(got) in msg  # e.g. "unknown optimizer 'adm'": once is enough
+    got_s = "" if isinstance(got, dict) or said else f" (got {got!r})"
     return f"config key '{where}': {msg}{got_s}" if where else f"config: {msg}"
 
 

@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 from typer.exceptions import TyperException
 
+from cifarlab.data.registry import spec_help
 from cifarlab.errors import CifarlabWarning, UserError
 
 from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
@@ -24,7 +25,7 @@ def train(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="a recipe shipped with cifarlab (see `cifarlab recipes`)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="a YAML config file"),
     model: Optional[str] = typer.Option(None, help="model name (see `cifarlab models`)"),
-    data: Optional[str] = typer.Option(None, help="sample | cifar10[:PATH] | tinyimagenet:PATH | folder:PATH"),
+    data: Optional[str] = typer.Option(None, help=spec_help()),
     epochs: Optional[int] = typer.Option(None, help="number of epochs (with --resume: the new total)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate"),

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cifarlab.data.registry import register_dataset
+from cifarlab.data.types import RawDataset
 from cifarlab.errors import CifarlabWarning, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -244,3 +246,9 @@ def labelled_folder(path: Path, alloc: Alloc = in_memory) -> tuple[np.ndarray, n
     rows = {p: i for i, p in enumerate(images)}
     x = decode_rows(listing.read(rows), rows, lambda shape: alloc("train_x", shape), source)
     return x, y, classes
+
+
+@register_dataset("folder")
+def read_folder(path: Path, alloc: Alloc = in_memory) -> RawDataset:
+    """An image folder or a .tar[.gz]/.zip of one: <class>/<image> files, the class named by its folder."""
+    return RawDataset(*labelled_folder(path, alloc))

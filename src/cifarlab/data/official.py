@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from cifarlab.data.images import Alloc, decode_rows, in_memory, list_source
+from cifarlab.data.registry import register_dataset
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
 
@@ -68,7 +69,9 @@ def _parse_pickled(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@register_dataset("cifar10", path="optional", default=lambda cache: fetch_cifar10(cache))
 def read_cifar10(path: Path, alloc: Alloc = in_memory) -> RawDataset:
+    """CIFAR-10: the official binary or python archive, or its folder; without PATH, downloaded once."""
     listing = list_source(path)
     by_name = {p.name: p for p in sorted(listing.files)}
     if "data_batch_1.bin" in by_name:
@@ -109,8 +112,11 @@ def fetch_cifar10(cache_dir: Path) -> Path:
                         f"and give --data cifar10:PATH, or place it in {cache_dir}") from None
 
 
+@register_dataset("tinyimagenet")
 def read_tinyimagenet(path: Path, alloc: Alloc = in_memory) -> RawDataset:
-    """The official tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG with
+    """Tiny ImageNet (200 classes, 64x64): tiny-imagenet-200.zip or its folder.
+
+    The official tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG with
     val/val_annotations.txt, wnids.txt and words.txt. The labelled val set serves as the test split
     (the official test set has no labels); validation is carved from train as for every dataset."""
     listing = list_source(path)

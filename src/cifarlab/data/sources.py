@@ -1,4 +1,4 @@
-"""Dataset specs (`sample`, `cifar10[:PATH]`, `tinyimagenet:PATH`, `folder:PATH`) -> cached uint8 arrays.
+"""Dataset specs (`KIND` or `KIND:PATH`, the kinds in data/registry.py) -> cached uint8 arrays.
 
 Decoding 50,000 JPEGs takes seconds; it is done once. The decoded arrays are stored as .npy files
 under a key made from the source's bytes (so an edited folder or another archive never hits a
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarlab.data import official
-from cifarlab.data.images import labelled_folder
+from cifarlab.data import official  # noqa: F401  (registers cifar10 and tinyimagenet)
+from cifarlab.data.images import read_folder
+from cifarlab.data.registry import DATASETS, DatasetKind, register_dataset
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
 
 CACHE_FORMAT = 1  # bump when a reader changes what it produces, to invalidate old entries
-SPEC_HELP = "sample, cifar10, cifar10:PATH, tinyimagenet:PATH or folder:PATH"
 
 
 def cache_dir() -> Path:
@@ -39,6 +39,11 @@ def cache_dir() -> Path:
 
 def sample_path() -> Path:
     return Path(str(resources.files("cifarlab") / "data" / "sample" / "cifar10-sample.tar.gz"))
+
+
+# The bundled sample is a folder archive; cached under "folder", its entry is the one `folder:` that archive has.
+register_dataset("sample", path="none", default=lambda cache: sample_path(), cache_as="folder",
+                 summary="the 4,000-image CIFAR-10 sample bundled with cifarlab (no download)")(read_folder)
 
 
 def _content_key(kind: str, path: Path) -> str:
@@ -122,17 +127,14 @@ def _load(entry: Path) -> RawDataset | None:
         return None  # missing or damaged entry: decode again
 
 
-def parse_spec(spec: str) -> tuple[str, Path | None]:
-    kind, _, rest = spec.partition(":")
-    kind = kind.strip().lower()
-    if kind == "sample":
-        return "folder", sample_path()
-    if kind not in ("cifar10", "tinyimagenet", "folder"):
-        raise UserError(f"unknown dataset '{spec}': use {SPEC_HELP}")
-    if not rest:
-        if kind == "cifar10":
-            return kind, None
-        raise UserError(f"dataset '{kind}' needs a path: give {kind}:PATH")
+def parse_spec(spec: str) -> tuple[DatasetKind, Path | None]:
+    """`KIND[:PATH]` -> the registered kind and its PATH (None: the kind's default source)."""
+    name, _, rest = spec.partition(":")
+    kind = DATASETS.get(name.strip().lower())
+    if kind.path == "none" or not rest:
+        if kind.default is None:
+            raise UserError(f"dataset '{kind.name}' needs a path: give {kind.name}:PATH")
+        return kind, None
     path = Path(rest).expanduser()
     if not path.exists():
         raise UserError(f"dataset path '{path}' does not exist: check the path in '{spec}'")
@@ -143,20 +145,14 @@ def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
     """Read a dataset by spec, decoding it only the first time."""
     kind, path = parse_spec(spec)
     if path is None:
-        path = official.fetch_cifar10(cache_dir())
-    key = _content_key(kind, path)
+        path = kind.default(cache_dir())
+    key = _content_key(kind.cache_as, path)
     entry = cache_dir() / "datasets" / key
     if use_cache and (ds := _load(entry)) is not None:
         return ds
     staging = _Staging(entry if use_cache else None)
     try:
-        if kind == "cifar10":
-            ds = official.read_cifar10(path, staging.array)
-        elif kind == "tinyimagenet":
-            ds = official.read_tinyimagenet(path, staging.array)
-        else:
-            ds = RawDataset(*labelled_folder(path, staging.array))
-        return staging.commit(ds, spec)
+        return staging.commit(kind.read(path, staging.array), spec)
     finally:
         staging.discard()
 

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from cifarlab.models.helpers import is_whole
 from cifarlab.models.registry import register_model
 
 # stage -> [(channels, pool after)]: the printed CifarNet (CIFAR-10, 87%).
@@ -26,7 +27,7 @@ TINY_DEEP = [[(64, 0)], [(128, 2), (128, 0), (128, 0)], [(256, 2)], [(256, 2), (
 def _plan_with_pools(plan, pools):
     """The plan with its pool kernels replaced, in order, by `pools` (0 or 1 = no pool)."""
     slots = [(s, j) for s, stage in enumerate(plan) for j, (_, p) in enumerate(stage) if p]
-    if not isinstance(pools, (list, tuple)) or len(pools) != len(slots) or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pools):
+    if not isinstance(pools, (list, tuple)) or len(pools) != len(slots) or not all(is_whole(p, low=0) for p in pools):
         raise ValueError(f"pools must list {len(slots)} pool kernels (0 = no pool), got {pools!r}")
     plan = [list(stage) for stage in plan]
     for (s, j), p in zip(slots, pools):

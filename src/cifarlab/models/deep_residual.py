@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab.models.helpers import check_whole, check_widths
 from cifarlab.models.registry import register_model
-
 
 SEED_FC_NAMES = ["ff_1", "ff_2", "ff_2_2", "ff_3", "ff_4", "ff_5", "ff_6"]
 
@@ -73,10 +73,6 @@ class DeepResidual(nn.Module):
 def deep_residual(num_classes=10, in_channels=3, image_size=32, channels=(10, 100, 256, 512), blocks=4,
                   hidden=(512, 500, 500, 100, 100, 100)):
     """Seed 002's "worst" net: 3 stages of 4 residual blocks (10-100-256 ch), conv 512, 7 FC layers; 84%."""
-    if not isinstance(channels, (list, tuple)) or len(channels) < 2 or not all(isinstance(c, int) and c > 0 for c in channels):
-        raise ValueError(f"channels must list at least 2 positive widths (stages..., final conv), got {channels!r}")
-    if not isinstance(hidden, (list, tuple)) or not all(isinstance(h, int) and h > 0 for h in hidden):
-        raise ValueError(f"hidden must list positive widths of the fully connected layers, got {hidden!r}")
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
-        raise ValueError(f"blocks must be a whole number >= 0, got {blocks!r}")
-    return DeepResidual(num_classes, in_channels, image_size, tuple(channels), blocks, tuple(hidden))
+    channels = check_widths("channels", channels, at_least=2, what="positive widths (stages..., final conv)")
+    hidden = check_widths("hidden", hidden, at_least=0, what="positive widths of the fully connected layers")
+    return DeepResidual(num_classes, in_channels, image_size, channels, check_whole("blocks", blocks, low=0), hidden)

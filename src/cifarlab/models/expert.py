@@ -13,9 +13,9 @@ non-linearity, FC to K, softmax) and says it added BatchNorm and ReLU to each br
 nothing in the report downsamples. Softmax over the classes is left to the loss, as the seed did.
 Convs keep PyTorch's default bias, as the seed's would have.
 """
-import torch
 import torch.nn as nn
 
+from cifarlab.models.helpers import check_whole, check_widths
 from cifarlab.models.registry import register_model
 
 
@@ -53,19 +53,13 @@ class ExpertNet(nn.Module):
         return self.classifier(self.backbone(self.stem(x)))
 
 
-def _positive(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-    return v
-
-
 @register_model("expert_net", family="expert")
 def expert_net(num_classes=10, in_channels=3, image_size=32, channels=64, num_blocks=8, k=3, reduction=8,
                bn_relu=True, classifier_hidden=()):
     """Seed 003's expert-branch net: stem, N blocks of K convs mixed by a reduction-r expert; 90.53% in 100 epochs."""
     for name, v in (("channels", channels), ("num_blocks", num_blocks), ("k", k), ("reduction", reduction)):
-        _positive(name, v)
+        check_whole(name, v)
     if channels // reduction < 1:
         raise ValueError(f"reduction {reduction} leaves no expert features from {channels} channels: use reduction <= channels")
-    hidden = [_positive("classifier_hidden", h) for h in classifier_hidden]
+    hidden = check_widths("classifier_hidden", classifier_hidden, at_least=0)
     return ExpertNet(num_classes, in_channels, channels, num_blocks, k, reduction, bool(bn_relu), hidden)

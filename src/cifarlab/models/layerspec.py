@@ -41,10 +41,9 @@ import torch
 import torch.nn as nn
 
 from cifarlab.errors import UserError
+from cifarlab.models.helpers import ACTIVATIONS, check_flag, check_probability, check_whole, get_act_layer
 from cifarlab.models.registry import register_model
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU,
-               "leaky_relu": nn.LeakyReLU}
 # layer kind -> the options it takes besides its own value
 KINDS = {"conv": {"kernel", "stride", "padding", "bias"}, "linear": {"bias"}, "pool": {"kernel", "stride", "norm"},
          "bn": set(), "dropout": set(), "flatten": set(), "repeat": {"layers", "shared", "between"},
@@ -131,15 +130,11 @@ def _parse(item, where):
 
 
 def _int(v, where, what, low=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"{where}: {what} must be a whole number >= {low}, got {v!r}")
-    return v
+    return check_whole(f"{where}: {what}", v, low)
 
 
 def _bool(v, where, what):
-    if not isinstance(v, bool):
-        raise ValueError(f"{where}: {what} must be true or false, got {v!r}")
-    return v
+    return check_flag(f"{where}: {what}", v)
 
 
 def _size(v, where, what, low):
@@ -175,12 +170,10 @@ def _make(kind, value, opts, x, num_classes, where):
     if kind == "bn":
         return (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1])
     if kind == "dropout":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"{where}: dropout must be a probability in [0, 1), got {value!r}")
-        return nn.Dropout(value)
+        return nn.Dropout(check_probability(f"{where}: dropout", value))
     if kind == "flatten":
         return nn.Flatten()
-    return ACTIVATIONS[kind]()
+    return get_act_layer(kind)()
 
 
 def _build_item(item, x, num_classes, where):

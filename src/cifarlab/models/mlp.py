@@ -10,26 +10,20 @@ PyTorch quickstart's; this is the same stack without the nesting.
 """
 import torch.nn as nn
 
+from cifarlab.models.helpers import check_probability, check_widths, get_act_layer
 from cifarlab.models.registry import register_model
-
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
 @register_model("mlp", family="mlp")
 def mlp(num_classes=10, in_channels=3, image_size=32, hidden=(512, 256), dropout=0.0, activation="relu",
         batchnorm=False):
     """MLP: flatten -> [Linear -> (BatchNorm1d) -> act -> (Dropout)] per hidden width -> Linear."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
-    if isinstance(hidden, int):
-        hidden = (hidden,)
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
-        raise ValueError(f"hidden must list positive layer widths, got {hidden!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    act = get_act_layer(activation)
+    hidden = check_widths("hidden", hidden, at_least=0, what="positive layer widths")
+    check_probability("dropout", dropout)
     layers, width = [nn.Flatten()], in_channels * image_size * image_size
     for h in hidden:
-        layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batchnorm else []) + [ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batchnorm else []) + [act()]
         layers += [nn.Dropout(dropout)] if dropout else []
         width = h
     return nn.Sequential(*layers, nn.Linear(width, num_classes))

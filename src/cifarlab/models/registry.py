@@ -6,7 +6,6 @@ logits (never softmax: the loss applies it).
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import torch.nn as nn
 
 from cifarlab.errors import UserError
+from cifarlab.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -24,32 +24,26 @@ class ModelEntry:
     summary: str  # first line of the factory's docstring
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+MODELS: Registry[ModelEntry] = Registry("model", listed_by="cifarlab models")
 
 
 def register_model(name: str | None = None, family: str = ""):
     """Decorator: `@register_model("cifarnet", family="cifarnet")` over a factory function."""
     def add(factory):
         key = name or factory.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model '{key}' registered twice")
         doc = inspect.getdoc(factory) or ""
-        _REGISTRY[key] = ModelEntry(key, factory, family or factory.__module__.rsplit(".", 1)[-1],
-                                    doc.splitlines()[0] if doc else "")
+        MODELS.add(key, ModelEntry(key, factory, family or factory.__module__.rsplit(".", 1)[-1],
+                                   doc.splitlines()[0] if doc else ""))
         return factory
     return add
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(MODELS.names())
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UserError(f"unknown model '{name}': {hint}`cifarlab models` lists them")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:

@@ -2,6 +2,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab.models.helpers import check_whole
 from cifarlab.models.registry import register_model
 
 
@@ -41,4 +42,4 @@ class ResNet(nn.Module):
 @register_model("resnet18", family="resnet")
 def resnet18(num_classes=10, in_channels=3, image_size=32, width=64):
     """ResNet-18 (He et al. 2016) with the CIFAR stem; 11.2M parameters at width 64."""
-    return ResNet((2, 2, 2, 2), num_classes, in_channels, width)
+    return ResNet((2, 2, 2, 2), num_classes, in_channels, check_whole("width", width))

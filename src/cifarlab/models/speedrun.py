@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab.models.helpers import check_widths, is_whole
 from cifarlab.models.registry import register_model
 
 
@@ -62,8 +63,7 @@ class SpeedrunNet(nn.Module):
 @register_model("speedrun_net", family="speedrun")
 def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24):
     """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy."""
-    if not isinstance(widths, (list, tuple)) or not widths or not all(isinstance(w, int) and w > 0 for w in widths):
-        raise ValueError(f"widths must be a list of positive channel counts such as [64, 256, 256], got {widths!r}")
-    if not isinstance(whiten_width, int) or whiten_width < 2 or whiten_width % 2:
+    widths = check_widths("widths", widths, what="positive channel counts such as [64, 256, 256]")
+    if not is_whole(whiten_width, low=2) or whiten_width % 2:
         raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
-    return SpeedrunNet(num_classes, in_channels, tuple(widths), whiten_width)
+    return SpeedrunNet(num_classes, in_channels, widths, whiten_width)

@@ -24,19 +24,10 @@ Sizes are inferred: the tutorial's `16 * 5 * 5` happens to stay right for a 3x3 
 import torch
 import torch.nn as nn
 
+from cifarlab.models.helpers import check_probability, check_whole, check_widths, get_act_layer
 from cifarlab.models.registry import register_model
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 INITS = ("default", "he", "he_conv", "xavier")
-
-
-def _widths(name, v, allow_empty=False):
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, (list, tuple)) or (not v and not allow_empty) or \
-            not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in v):
-        raise ValueError(f"{name} must be a list of positive whole numbers, got {v!r}")
-    return tuple(v)
 
 
 class ConvNet(nn.Module):
@@ -47,27 +38,24 @@ class ConvNet(nn.Module):
                  hidden=(120, 84), activation="relu", pool="max", lp_norm=2.0, dropout=0.0, dropout_layers=None,
                  batchnorm=False, init="default", fc_name="fc"):
         super().__init__()
-        channels, hidden = _widths("channels", channels), _widths("hidden", hidden, allow_empty=True)
-        kernels = _widths("kernel_size", kernel_size)
+        channels, hidden = check_widths("channels", channels), check_widths("hidden", hidden, at_least=0)
+        kernels = check_widths("kernel_size", kernel_size)
         kernels = kernels * len(channels) if len(kernels) == 1 else kernels
         if len(kernels) != len(channels):
             raise ValueError(f"kernel_size must be one size or one per conv ({len(channels)}), got {kernel_size!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        act = get_act_layer(activation)
         pools = {"max": lambda: nn.MaxPool2d(2, 2), "avg": lambda: nn.AvgPool2d(2, 2), "lp": lambda: nn.LPPool2d(lp_norm, 2, 2)}
         if pool not in pools:
             raise ValueError(f"pool must be one of {', '.join(pools)}, got {pool!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if dropout_layers is not None and (isinstance(dropout_layers, bool) or not isinstance(dropout_layers, int)
-                                           or dropout_layers < 0):
-            raise ValueError(f"dropout_layers must be a whole number >= 0, got {dropout_layers!r}")
+        check_probability("dropout", dropout)
+        if dropout_layers is not None:
+            check_whole("dropout_layers", dropout_layers, low=0)
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.convs = [f"conv{i}" for i in range(1, len(channels) + 1)]
         for name, c_in, c_out, k in zip(self.convs, (in_channels, *channels), channels, kernels):
             self.add_module(name, nn.Conv2d(c_in, c_out, k))
-        self.act, self.pool = ACTIVATIONS[activation](), pools[pool]()
+        self.act, self.pool = act(), pools[pool]()
         try:
             with torch.no_grad():
                 flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]

@@ -16,6 +16,7 @@ every cifarlab model outputs logits and the loss applies the softmax.
 """
 import inspect
 
+from cifarlab.models.helpers import check_flag, check_probability, check_whole
 from cifarlab.models.layerspec import build
 from cifarlab.models.registry import register_model
 
@@ -43,10 +44,8 @@ HEAD = ["flatten", {"linear": 128}, "relu", {"linear": 64}, "relu", {"linear": "
 
 
 def _check(dropout, literal=True):
-    if not isinstance(literal, bool):
-        raise ValueError(f"literal must be true or false, got {literal!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_flag("literal", literal)
+    check_probability("dropout", dropout)
 
 
 def arch2_spec(dropout=0.25):
@@ -87,9 +86,7 @@ def _arch13(literal, dropout, after_conv2=()):
 
 def arch15_spec(literal=True, dropout=0.15, res_blocks=3):
     _check(dropout, literal)
-    if isinstance(res_blocks, bool) or not isinstance(res_blocks, int) or res_blocks < 1:
-        raise ValueError(f"res_blocks must be a whole number >= 1, got {res_blocks!r}")
-    n = res_blocks
+    n = check_whole("res_blocks", res_blocks)
     # `self.residual2(x)` without `x =`: literally, the 128-channel blocks compute nothing that is kept.
     res2 = [] if literal else [times(n, [residual(128)], literal, between=["relu"])]
     return [conv(64), "relu", times(n, [residual(64), "relu"], literal), "bn", "relu", POOL,
