@@ -21,7 +21,7 @@ import torch
 
 from cifarlab.config import load_config
 from cifarlab.data.types import RawDataset
-from cifarlab.train.trainer import train
+from cifarlab.report.hooks import train_and_report as train  # the library default writes no report
 
 EVIL_RUN = '<script>alert("run")</script>'
 EVIL_CLASS = "<script>alert(1)</script>"

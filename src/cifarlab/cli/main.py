@@ -48,6 +48,7 @@ def train(
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
+    from cifarlab.report.hooks import WriteReport
     from cifarlab.train.trainer import resume as resume_run, train as train_run
 
     flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
@@ -59,7 +60,7 @@ def train(
     overrides.update(parse_assignment(s) for s in set_)
     say = _say(as_json)
     show_bar = progress and sys.stderr.isatty()
-    callbacks = []
+    callbacks = [WriteReport()]  # every run the CLI trains writes report.html and report.md at its end
     if tensorboard:
         if nproc > 1:
             raise UserError("--tensorboard works with --nproc 1 only: drop one of them")
@@ -68,7 +69,7 @@ def train(
     if resume is not None and (recipe or config or out):
         raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
     if nproc > 1:
-        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json)
+        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
     elif resume is not None:
         summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
     else:
@@ -78,8 +79,9 @@ def train(
         emit_json(summary)
 
 
-def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as_json) -> dict:
-    """Check everything here first (a bad flag should not cost N process starts), then spawn the ranks."""
+def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as_json, callbacks) -> dict:
+    """Check everything here first (a bad flag should not cost N process starts), then spawn the ranks.
+    The callbacks are pickled to every rank; end-of-run hooks run on rank 0 only."""
     from cifarlab.config import load_config
     from cifarlab.data.sources import load_dataset
     from cifarlab.train.distributed import launch
@@ -96,7 +98,7 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
         if RunDir(path).holds_run():
             raise UserError(f"'{path}' already holds a run: continue it with --resume {path} or choose another --out")
         load_dataset(cfg.data.dataset)  # decode once here, not N times in parallel
-    launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json)
+    launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
     return json.loads((path / "summary.json").read_text())
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from cifarlab.config import AugmentConfig
+from cifarlab.data.normalize import Normalize, to_unit
 
 
 def build_augment(cfg: AugmentConfig, image_size: int) -> tuple[nn.Module | None, nn.Module | None]:
@@ -41,18 +42,17 @@ class BatchTransform:
     """uint8 batch on the device -> augmented, normalised float batch, ready for the model."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, augment: AugmentConfig | None, image_size: int):
-        self.mean = mean.view(1, -1, 1, 1)
-        self.std = std.view(1, -1, 1, 1)
+        self.normalize = Normalize(mean, std)
         self.before, self.after = build_augment(augment, image_size) if augment else (None, None)
 
     def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None) -> torch.Tensor:
-        x = xb.float().div_(255)
+        x = to_unit(xb)
         orig = x
         if train and self.before is not None:
             x = self.before(x)
-        x = (x - self.mean) / self.std
+        x = self.normalize(x)
         if train and self.after is not None:
             x = self.after(x)
         if keep_original is not None:  # "original + augmented copy": these rows stay un-augmented
-            x = torch.where(keep_original.view(-1, 1, 1, 1), (orig - self.mean) / self.std, x)
+            x = torch.where(keep_original.view(-1, 1, 1, 1), self.normalize(orig), x)
         return x

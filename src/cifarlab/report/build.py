@@ -214,17 +214,6 @@ def build_run_report(run_dir: str | Path, out: str | Path | None = None, data=No
     return write_report(run_report(run, data), Path(out) if out else run.path)
 
 
-def report_finished_run(trainer) -> None:
-    """The trainer's end-of-run hook. The run is already finished and summarised: a report that fails
-    to build is a warning in the log, never a failed run."""
-    try:
-        path = build_run_report(trainer.run.path, data=trainer.data)
-        trainer.log(f"report: {path}")
-    except Exception as err:  # noqa: BLE001  (whatever it is, the run's results must stand)
-        trainer.log(f"warning: the report could not be written ({type(err).__name__}: {str(err)[:200]}); "
-                    f"rebuild it with `cifarlab report {trainer.run.path}`")
-
-
 # ------------------------------------------------------------------ several runs
 
 def _labels(runs: list[Run]) -> list[str]:

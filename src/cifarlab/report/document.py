@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cifarlab.train.checkpoint import atomic_write, atomic_write_text
+from cifarlab.fileio import atomic_write, atomic_write_text
 
 
 @dataclass

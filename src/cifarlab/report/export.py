@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cifarlab.data.normalize import Normalize
 from cifarlab.errors import UserError
 from cifarlab.report.predict import load_model
 
@@ -22,16 +23,15 @@ ATOL, RTOL = 1e-4, 1e-4
 
 
 class Normalised(nn.Module):
-    """The trained model with its input normalisation in front."""
+    """The trained model with its input normalisation (the training run's, data/normalize.py) in front."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    def __init__(self, model: nn.Module, normalize: Normalize):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+        self.normalize = normalize
 
     def forward(self, x):
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalize(x))
 
 
 @contextlib.contextmanager
@@ -77,7 +77,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
         raise UserError(f"unknown export format '{fmt}': use onnx or torchscript")
     ckpt, model = load_model(checkpoint)
     spec = ckpt["model"]
-    model = Normalised(model, ckpt["normalization"]["mean"], ckpt["normalization"]["std"]).eval()
+    model = Normalised(model, Normalize.of_checkpoint(ckpt)).eval()
     src = Path(checkpoint)
     out = Path(out) if out else (src / "best.pt" if src.is_dir() else src).with_suffix(FORMATS[fmt])
     if not out.parent.is_dir():

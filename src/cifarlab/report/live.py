@@ -7,14 +7,15 @@ from __future__ import annotations
 import importlib.util
 
 from cifarlab.errors import UserError
+from cifarlab.train.callbacks import Callback
 
 SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "accuracy/train": "train_accuracy",
            "accuracy/val": "val_accuracy", "lr": "lr", "speed/images_per_second": "images_per_second",
            "speed/epoch_seconds": "epoch_seconds"}
 
 
-class TensorBoardCallback:
-    """An epoch callback for `train(..., callbacks=[...])`: one scalar per curve, step = epoch."""
+class TensorBoardCallback(Callback):
+    """For `train(..., callbacks=[...])`: one scalar per curve, step = epoch; closed when the run ends."""
 
     def __init__(self):
         if importlib.util.find_spec("tensorboard") is None:
@@ -22,7 +23,7 @@ class TensorBoardCallback:
         self.writer = None
         self.log_dir = None
 
-    def __call__(self, trainer, row: dict) -> None:
+    def on_epoch_end(self, trainer, row: dict) -> None:
         if not getattr(getattr(trainer, "dist", None), "is_main", True):
             return  # under DDP every rank sees the same row; one writes it
         if self.writer is None:
@@ -33,6 +34,9 @@ class TensorBoardCallback:
         for tag, key in SCALARS.items():
             self.writer.add_scalar(tag, row[key], row["epoch"])
         self.writer.flush()  # visible in TensorBoard now, not when the run ends
+
+    def on_fit_end(self, trainer, summary: dict) -> None:
+        self.close()
 
     def close(self) -> None:
         if self.writer is not None:

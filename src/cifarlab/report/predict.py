@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from cifarlab.data.images import decode
+from cifarlab.data.normalize import Normalize, to_unit
 from cifarlab.errors import UserError
 
 
@@ -37,13 +38,11 @@ def read_images(paths: list[str | Path], size: int) -> torch.Tensor:
 
 
 def normalise(x: torch.Tensor, ckpt: dict) -> torch.Tensor:
-    norm = ckpt["normalization"]
-    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
-    x = x.float().div(255)
+    """uint8 RGB images -> what the checkpoint's model was trained on."""
+    x = to_unit(x)
     if ckpt["model"]["in_channels"] == 1:  # a grayscale model: the luminance of the RGB image
         x = x.mean(1, keepdim=True)
-    return (x - mean) / std
+    return Normalize.of_checkpoint(ckpt)(x)
 
 
 @torch.inference_mode()

@@ -15,13 +15,11 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.config import ExperimentConfig
 from cifarlab.errors import UserError
-from cifarlab.train.checkpoint import atomic_write_text
+from cifarlab.fileio import atomic_write_text
 from cifarlab.train.rundir import RunDir
-from cifarlab.train.runtime import autocast
 
 
 def valley(lrs: list[float], losses: list[float]) -> float:
@@ -69,13 +67,7 @@ def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: fl
             lr = start_lr * mult ** len(lrs)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if t.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(tr.device, tr.precision):
-                loss = F.cross_entropy(tr.forward(xb).float(), yb, label_smoothing=t.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, _ = tr.train_step(xb, yb)  # the trainer's own step: precision, loss scaling, clipping
             value = loss.item()
             if not math.isfinite(value):
                 stopped = f"loss became {value} at lr {lr:.3g}"

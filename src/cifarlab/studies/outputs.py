@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from cifarlab.config import validate_config
 from cifarlab.studies.space import Study, decode
-from cifarlab.train.checkpoint import atomic_write_text
+from cifarlab.fileio import atomic_write_text
 
 
 def collect(study: Study, s) -> list[dict]:

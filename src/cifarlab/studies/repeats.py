@@ -16,7 +16,7 @@ from cifarlab.config import load_raw, set_key
 from cifarlab.errors import UserError
 from cifarlab.studies.space import build_study
 from cifarlab.studies.stats import summarize, welch
-from cifarlab.train.checkpoint import atomic_write_text
+from cifarlab.fileio import atomic_write_text
 
 
 def _source(what: str) -> tuple[str, dict]:

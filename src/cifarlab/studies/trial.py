@@ -20,8 +20,10 @@ def _pruning(trial):
     return report
 
 
-def train_one(cfg, run_dir: Path, callbacks=()) -> dict:
-    """Train into run_dir; a run that finished there before (a retried trial) is not trained again."""
+def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
+    """Train into run_dir; a run that finished there before (a retried trial) is not trained again.
+    report=False skips each run's report.html (seconds of plotting per run in a long sweep)."""
+    from cifarlab.report.hooks import WriteReport
     from cifarlab.train.trainer import train
 
     summary = run_dir / "summary.json"
@@ -32,7 +34,7 @@ def train_one(cfg, run_dir: Path, callbacks=()) -> dict:
         if done.get("status") in ("completed", "stopped"):
             return done
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off mid-way starts again from scratch
-    return train(cfg, run_dir, log=lambda _line: None, callbacks=callbacks)
+    return train(cfg, run_dir, log=lambda _line: None, callbacks=[*callbacks, WriteReport()] if report else callbacks)
 
 
 def train_seeds(study: Study, params: dict, folder: Path, trial=None) -> dict:

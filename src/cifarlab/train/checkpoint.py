@@ -6,70 +6,17 @@ evaluation and export need; `last.pt` adds optimizer, scheduler and history so a
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from cifarlab.errors import UserError, WriteFailed
+from cifarlab.errors import UserError
+from cifarlab.fileio import atomic_write
 from cifarlab.models import build_model
 
 FORMAT = "cifarlab-checkpoint-1"
-TEMP_SUFFIX = ".tmp"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temp file beside `path`, fsync, then rename over `path`.
-
-    A crash (or kill -9) at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a power cut, not just a killed process
-    except OSError as err:  # disk full, read-only, quota: the old file is untouched, say so in one line
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise WriteFailed.from_os_error(path, err) from None
-    except BaseException:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Temp files of writes a kill -9 cut short; only call while holding the folder's lock."""
-    for p in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        p.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -58,8 +58,8 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     import numpy as np
 
     from cifarlab.config import validate_config
-    from cifarlab.data.augment import BatchTransform
     from cifarlab.data.loader import Split, stratified_split
+    from cifarlab.data.normalize import Normalize, to_unit
     from cifarlab.data.sources import load_dataset
     from cifarlab.errors import UserError
     from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -90,11 +90,9 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     else:
         raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
     model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
-    norm = ckpt["normalization"]
-    transform = BatchTransform(torch.tensor(norm["mean"], device=dev), torch.tensor(norm["std"], device=dev), None,
-                               spec["image_size"])
+    normalize = Normalize.of_checkpoint(ckpt).to(dev)
     data = Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.asarray(y)).to(dev))
-    batches = ((transform(data.x[i:i + batch_size], train=False), data.y[i:i + batch_size])
+    batches = ((normalize(to_unit(data.x[i:i + batch_size])), data.y[i:i + batch_size])
                for i in range(0, len(data), batch_size))
     out = full_metrics(*predict(model, batches, dev, tta_flip=tta_flip), ckpt["classes"])
     return {"checkpoint": str(checkpoint), "data": data_spec, "split": split, **out}

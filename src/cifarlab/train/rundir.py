@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from cifarlab.errors import UserError, WriteFailed
-from cifarlab.train.checkpoint import atomic_write_text, remove_stale_temps
+from cifarlab.fileio import atomic_write_text, remove_stale_temps
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "epoch_seconds", "train_seconds", "images_per_second"]

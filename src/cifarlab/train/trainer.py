@@ -22,17 +22,17 @@ from cifarlab.config import ExperimentConfig, set_key, validate_config
 from cifarlab.data.loader import PreparedData
 from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
 from cifarlab.models import build_model, count_parameters
+from cifarlab.fileio import atomic_write_text
+from cifarlab.train.callbacks import CallbackLike, as_callbacks
+from cifarlab.train.checkpoint import checkpoint_bytes, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist, from_env
-from cifarlab.train.checkpoint import (atomic_write_text, checkpoint_bytes, load_checkpoint, load_weights,
-                                       save_checkpoint)
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
 from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
-REPORT_BYTES = 16 * 2**20  # room for logs, metrics and the end-of-run report (plots, HTML)
-EpochCallback = Callable[["Trainer", dict], None]  # called with the trainer and the epoch's metrics row
+OUTPUT_BYTES = 16 * 2**20  # room for logs, metrics and what end-of-run hooks write (plots, HTML)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -41,9 +41,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, run: RunDir, log: Callable[[str], None] = print,
-                 progress: bool = False, state: dict | None = None, callbacks: Sequence[EpochCallback] = (),
+                 progress: bool = False, state: dict | None = None, callbacks: Sequence[CallbackLike] = (),
                  dist: Dist = Dist()):
-        self.cfg, self.run, self.callbacks, self.dist = cfg, run, list(callbacks), dist
+        self.cfg, self.run, self.callbacks, self.dist = cfg, run, as_callbacks(callbacks), dist
         self.progress = progress and dist.is_main
         self._log = log
         t = cfg.train
@@ -126,7 +126,7 @@ class Trainer:
             self.saved_epoch = epoch
             self.log(self._epoch_line(row, improved))
             for callback in self.callbacks:  # e.g. live TensorBoard curves, Optuna pruning (may raise to stop)
-                callback(self, row)
+                callback.on_epoch_end(self, row)
             chance_streak = chance_streak + 1 if val_acc <= 1.5 / self.data.num_classes else 0
             if chance_streak == CHANCE_EPOCHS:
                 self.log(f"warning: validation accuracy has stayed at chance ({1 / self.data.num_classes:.0%}) for "
@@ -152,18 +152,7 @@ class Trainer:
         bar = self._progress_bar(epoch)
         batches = self.data.train_batches(self.batch_size, order, self.dist.rank, self.dist.world)
         for i, (xb, yb) in enumerate(batches):
-            if t.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.precision):
-                logits = self.forward(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if t.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, logits = self.train_step(xb, yb)
             self.scheduler.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
@@ -185,10 +174,30 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
                 "images_per_second": seen / max(seconds, 1e-9)}
 
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch: (loss, logits), both still attached to the device.
+
+        The learning rate is the caller's business (the epoch loop steps the scheduler, the LR finder
+        sets it), so every other detail of a step (precision, loss, scaling, clipping) is the same in both."""
+        t = self.cfg.train
+        if t.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.precision):
+            logits = self.forward(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits
+
     def _finish(self, stop_reason: str | None, wall_seconds: float) -> dict:
         if not self.dist.is_main:
             return {}
-        best = load_checkpoint(self.run.best)  # select on validation: report the best epoch's weights
+        best = load_checkpoint(self.run.best)  # select on validation: sum up the best epoch's weights
         load_weights(self.model, best["state_dict"], str(self.run.best))
         val = full_metrics(*self._predict(self.data.val), self.data.classes)
         test = full_metrics(*self._predict(self.data.test), self.data.classes) if self.data.test is not None else None
@@ -203,9 +212,12 @@ class Trainer:
             "run_dir": str(self.run.path), "val": val, "test": test,
         }
         self.run.write_json(self.run.summary, summary)
-        # reports hook: the run's report is written here (issue "Reports")
-        from cifarlab.report.build import report_finished_run  # here: matplotlib loads only when a run ends
-        report_finished_run(self)  # a failed report is a logged warning; the run and its summary stand
+        for callback in self.callbacks:  # e.g. the HTML summary `cifarlab train` attaches
+            try:
+                callback.on_fit_end(self, summary)
+            except Exception as err:  # noqa: BLE001  (the run is finished and summarised: its results stand)
+                self.log(f"warning: end-of-run hook {type(callback).__name__} failed "
+                         f"({type(err).__name__}: {str(err)[:200]})")
         test_part = f", test {test['accuracy']:.2%} (evaluated once)" if test else ", no test split"
         self.log(f"done: best val {self.best['val_accuracy']:.2%} at epoch {self.best['epoch']}{test_part}; "
                  f"{summary['train_images_per_second']:.0f} img/s; {self.run.path}")
@@ -261,11 +273,11 @@ class Trainer:
     def _check_free_space(self) -> None:
         """Refuse before training when the disk cannot hold the checkpoints (each write needs a temp copy)."""
         best, last = checkpoint_bytes(self.model, optimizer_states(self.cfg.optimizer))
-        need = 2 * (best + last) + REPORT_BYTES
+        need = 2 * (best + last) + OUTPUT_BYTES
         free = shutil.disk_usage(self.run.path).free
         if free < need:
             raise UserError(f"only {free / 2**20:.1f} MiB free on the disk of '{self.run.path}' but this run needs "
-                            f"about {need / 2**20:.1f} MiB for its checkpoints and report: free space or choose another --out")
+                            f"about {need / 2**20:.1f} MiB for its checkpoints and outputs: free space or choose another --out")
 
     def _weights_state(self) -> dict:
         return {"model": self.model_spec, "classes": self.data.classes, "state_dict": self.model.state_dict(),
@@ -295,8 +307,13 @@ class Trainer:
 # ---------------------------------------------------------------------- entry points
 
 def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[str], None] = print,
-          progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
+          progress: bool = False, callbacks: Sequence[CallbackLike] = ()) -> dict:
     """Train a config into a new run directory; returns the summary (also in summary.json).
+
+    `callbacks`: `Callback` objects (train/callbacks.py) or plain `fn(trainer, row)` epoch functions.
+    By default none: the run directory gets checkpoints, metrics.csv and summary.json only, so a script
+    or sweep pays for no plots it did not ask for. `cifarlab train` attaches `WriteReport()` (the run's
+    HTML and Markdown summary, defined a layer above train/); pass it here to get the same.
 
     Under torchrun (or `--nproc`) every process calls this; rank 0 alone writes and returns the summary."""
     dist = from_env(resolve_device(cfg.train.device).type)
@@ -313,15 +330,16 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[s
         raise
     try:
         summary = trainer.fit()
-        dist.barrier()  # rank 0 evaluates and reports at the end while the others wait
+        dist.barrier()  # rank 0 evaluates and runs the end-of-run hooks while the others wait
         return summary
     finally:
         run.close()
 
 
 def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[str], None] = print,
-           progress: bool = False, callbacks: Sequence[EpochCallback] = ()) -> dict:
-    """Continue an interrupted run exactly, or extend a finished one (`overrides={"train.epochs": N}`)."""
+           progress: bool = False, callbacks: Sequence[CallbackLike] = ()) -> dict:
+    """Continue an interrupted run exactly, or extend a finished one (`overrides={"train.epochs": N}`).
+    `callbacks` as for `train` (none by default)."""
     run = RunDir(run_dir)
     if not run.last.exists():
         raise UserError(f"'{run.path}' holds no run to resume (no last.pt): check the path")
@@ -342,18 +360,20 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
         summary = Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
-        dist.barrier()  # rank 0 evaluates and reports at the end while the others wait
+        dist.barrier()  # rank 0 evaluates and runs the end-of-run hooks while the others wait
         return summary
     finally:
         run.close()
 
 
-def process_entry(cfg_dict: dict | None, out: str, overrides: dict | None, progress: bool, log_to_stderr: bool) -> None:
-    """What each process of `cifarlab train --nproc N` runs (a module-level function, so it can be spawned)."""
+def process_entry(cfg_dict: dict | None, out: str, overrides: dict | None, progress: bool, log_to_stderr: bool,
+                  callbacks: Sequence[CallbackLike] = ()) -> None:
+    """What each process of `cifarlab train --nproc N` runs (a module-level function, so it can be spawned).
+    `callbacks` travel to every process by pickle: give instances of module-level classes."""
     import sys
     stream = sys.stderr if log_to_stderr else sys.stdout
     log = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     if cfg_dict is None:
-        resume(out, overrides, log=log, progress=progress)
+        resume(out, overrides, log=log, progress=progress, callbacks=callbacks)
     else:
-        train(validate_config(cfg_dict), out, log=log, progress=progress)
+        train(validate_config(cfg_dict), out, log=log, progress=progress, callbacks=callbacks)
