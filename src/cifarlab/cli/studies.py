@@ -10,6 +10,13 @@ from cifarlab.cli.app import _say, app, emit_json
 from cifarlab.errors import UserError
 
 
+def _quiet_optuna() -> None:
+    """This process is ours: silence Optuna's experimental warnings and per-trial INFO lines for good."""
+    from cifarlab.studies.optuna_adapter import quiet_optuna
+
+    quiet_optuna()
+
+
 def _overrides(data: Optional[str], set_: List[str]) -> dict:
     from cifarlab.config import parse_assignment
 
@@ -21,7 +28,8 @@ def _overrides(data: Optional[str], set_: List[str]) -> dict:
 @app.command()
 def sweep(
     config: str = typer.Option(..., "--config", "-c", help="a study YAML file, or a preset name (docs/studies.md)"),
-    method: Optional[str] = typer.Option(None, help="ofat | grid | random | tpe (default: the file's)"),
+    method: Optional[str] = typer.Option(None, help="ofat | grid | random | tpe, or another registered sweep method "
+                                                    "(default: the file's)"),
     trials: Optional[int] = typer.Option(None, min=1, help="random/tpe: configurations to try (default: the file's)"),
     repeats: Optional[int] = typer.Option(None, min=1, help="seeds per configuration (default: the file's)"),
     data: Optional[str] = typer.Option(None, help="dataset spec for every trial (as for train)"),
@@ -33,6 +41,7 @@ def sweep(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Run (or continue) a study: a base config plus a search space; writes tables, plots, best.yaml."""
+    _quiet_optuna()
     from cifarlab.studies.runner import sweep as run_sweep
     from cifarlab.studies.space import read_study_file
 
@@ -53,6 +62,7 @@ def worker(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Join a study started by `cifarlab sweep --storage URL` (from this or any other machine)."""
+    _quiet_optuna()
     from cifarlab.studies.runner import join
 
     ran = join(study, storage, out, worker_index, heartbeat, _say(as_json), idle_timeout)
@@ -72,6 +82,7 @@ def repeat(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Train one configuration over K seeds: mean ± std and 95% CI of validation and test accuracy."""
+    _quiet_optuna()
     from cifarlab.studies.repeats import repeat as run_repeat
 
     result = run_repeat(recipe, seeds, _overrides(data, set_), out, storage, jobs, log=_say(as_json))
@@ -90,6 +101,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Do A and B differ? Welch's t-test on their repeats, with the 95% CI of the difference."""
+    _quiet_optuna()
     from cifarlab.studies.repeats import compare as run_compare, load_or_repeat
 
     say = _say(as_json)

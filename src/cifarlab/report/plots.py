@@ -10,7 +10,7 @@ import base64
 import functools
 import io
 import math
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -84,35 +84,77 @@ def plot_curves(histories: Mapping[str, Sequence[dict]], best_epochs: Mapping[st
     return fig
 
 
+def use_log_scale(values: Sequence[float], log_range: bool = False) -> bool:
+    """The one rule for a numeric x axis: logarithmic when every value is positive and either they
+    were drawn on a log scale (`log_range`: a log-uniform range, the LR range test's exponential
+    steps) or they span a decade or more (learning rates, batch sizes 16 to 256); linear otherwise."""
+    xs = [float(v) for v in values]
+    if not xs or min(xs) <= 0:
+        return False
+    return log_range or max(xs) / min(xs) >= 10
+
+
 @_plain_text
 def plot_metric_vs_param(param_values: Sequence, metric_values: Sequence[float], param: str,
                          metric: str = "val_accuracy", errors: Sequence[float] | None = None,
-                         log_x: bool | None = None) -> Figure:
+                         log_x: bool | None = None, *, log_range: bool = False, connect: bool = False,
+                         tick_label: Callable[[Any], str] = str, title: str = "") -> Figure:
     """A metric against one hyperparameter (a sweep's trials, or repeats' means with `errors` bars).
 
-    Numbers go on a numeric axis (logarithmic when they span two decades or more, unless `log_x`
-    says otherwise); anything else (optimizer names, on/off) goes on a categorical axis.
+    Numbers go on a numeric axis, sorted, logarithmic by `use_log_scale` unless `log_x` says
+    otherwise, and joined by a line when `connect` (the points form one curve); anything else
+    (optimizer names, on/off) goes on a categorical axis, each value named by `tick_label`.
     """
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in param_values)
+    ys, yerr = list(metric_values), None if errors is None else list(errors)
     if numeric:
-        xs = [float(v) for v in param_values]
+        order = sorted(range(len(param_values)), key=lambda i: param_values[i])
+        xs = [float(param_values[i]) for i in order]
+        ys = [ys[i] for i in order]
+        yerr = None if yerr is None else [yerr[i] for i in order]
         if log_x is None:
-            log_x = min(xs) > 0 and max(xs) / min(xs) >= 100
+            log_x = use_log_scale(xs, log_range)
     else:
-        labels = sorted({str(v) for v in param_values})
-        xs = [labels.index(str(v)) for v in param_values]
-        ax.set_xticks(range(len(labels)), labels)
-    if errors is not None:
-        ax.errorbar(xs, metric_values, yerr=errors, fmt="o", capsize=4)
+        labels = sorted({tick_label(v) for v in param_values})
+        xs = [labels.index(tick_label(v)) for v in param_values]
+        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+        connect = False  # categories have no order to follow
+    fmt = "o-" if connect else "o"
+    if yerr is not None:
+        ax.errorbar(xs, ys, yerr=yerr, fmt=fmt, capsize=3)
     else:
-        ax.plot(xs, metric_values, "o", alpha=0.8)
+        ax.plot(xs, ys, fmt, alpha=0.8)
     if numeric and log_x:
         ax.set_xscale("log")
     ax.set_xlabel(param)
     ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    return fig
+
+
+@_plain_text
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: Mapping[str, float],
+                 title: str = "") -> Figure:
+    """The LR range test: smoothed loss against the learning rate, each suggested LR marked on the curve."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses)
+    for (name, lr), colour in zip(suggestions.items(), ("C1", "C2", "C3")):
+        i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k] / lr)))
+        ax.plot([lr], [losses[i]], "o", color=colour, label=f"{name} {lr:.1e}")
+    if use_log_scale(lrs, log_range=True):  # the LR grows exponentially, step by step
+        ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("smoothed training loss")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 

@@ -102,21 +102,9 @@ def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: fl
 
 
 def _plot(lrs, losses, sug, path: Path, cfg) -> str:
-    # A Figure object, not pyplot: no global state and no backend switch in the caller's process.
-    from matplotlib.figure import Figure
+    from cifarlab.report.plots import plot_lr_find  # matplotlib loads only when a plot is drawn
 
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(lrs, losses)
-    for (name, lr), colour in zip(sug.items(), ("C1", "C2", "C3")):
-        i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k] / lr)))
-        ax.plot([lr], [losses[i]], "o", color=colour, label=f"{name} {lr:.1e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("smoothed training loss")
-    ax.set_title(f"LR range test: {cfg.model.name}, {cfg.optimizer.name}, batch {cfg.train.batch_size}", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig = plot_lr_find(lrs, losses, sug, f"LR range test: {cfg.model.name}, {cfg.optimizer.name}, "
+                                         f"batch {cfg.train.batch_size}")
     fig.savefig(path, dpi=100)
     return str(path)

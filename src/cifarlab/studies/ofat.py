@@ -12,6 +12,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
+from cifarlab.studies.methods import enqueue_missing
 from cifarlab.studies.space import Study, decode, encode
 
 
@@ -34,8 +35,6 @@ def _carry_over(s: optuna.Study, study: Study, kept, params: dict, attrs: dict) 
 def run_ofat(study: Study, s: optuna.Study, drain) -> dict:
     """Walk the steps; `drain()` runs queued trials until none is left or running. Returns the best
     assignment (a key whose every value failed keeps the base's value and is left out)."""
-    from cifarlab.studies.runner import enqueue_missing
-
     best, kept = {}, None
     for step, p in enumerate(study.params):
         have = {t.user_attrs.get("slot") for t in s.get_trials(deepcopy=False)}

@@ -12,17 +12,13 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from cifarlab.config import validate_config
+from cifarlab.studies.optuna_adapter import retried_from
 from cifarlab.studies.space import Study, decode
 from cifarlab.fileio import atomic_write_text
 
 
 def collect(study: Study, s) -> list[dict]:
-    from cifarlab.studies.ofat import best_of_step
-
-    kept = {}
-    if study.method == "ofat":  # the value each step kept, marked in its row as seed 001's tables did
-        kept = {step: best_of_step(s, study, step) for step in range(len(study.params))}
-        kept = {step: t.params[t.user_attrs["varies"]] for step, t in kept.items() if t is not None}
+    kept = study.sweep_method.kept(study, s)  # the value each step kept, marked in its row as seed 001's tables did
     rows = []
     for t in s.get_trials(deepcopy=False):
         a = t.user_attrs
@@ -30,8 +26,8 @@ def collect(study: Study, s) -> list[dict]:
         note = a.get("fail_reason", "")
         if "same_as" in a:
             note = f"same configuration as trial {a['same_as']}, not trained again"
-        if "failed_trial" in t.system_attrs:
-            note = f"retry of trial {t.system_attrs['failed_trial']}" + (f"; {note}" if note else "")
+        if (original := retried_from(t)) is not None:
+            note = f"retry of trial {original}" + (f"; {note}" if note else "")
         if t.state == TrialState.PRUNED and t.intermediate_values:
             note = f"pruned after epoch {max(t.intermediate_values)}"
         step = a.get("step")
@@ -69,38 +65,22 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
-    # A Figure object, not pyplot: no global state and no backend switch in the caller's process.
-    from matplotlib.figure import Figure
+    """plots/KEY.png: validation accuracy against each searched key (a stepwise method: that key's step)."""
+    from cifarlab.report.plots import plot_metric_vs_param
 
+    method = study.sweep_method
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for step, p in enumerate(study.params):
-        done = [r for r in rows if r["val_accuracy"] is not None and (study.method != "ofat" or r["step"] == step)]
+        done = [r for r in rows if r["val_accuracy"] is not None and (not method.stepwise or r["step"] == step)]
         if not done:
             continue
-        xs = [r[p.key] for r in done]
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-        fig = Figure(figsize=(5, 3.5))
-        ax = fig.add_subplot()
-        if numeric:
-            pairs = sorted(zip(xs, done), key=lambda xr: xr[0])
-            ax.errorbar([x for x, _ in pairs], [r["val_accuracy"] for _, r in pairs],
-                        yerr=[r["val_std"] or 0 for _, r in pairs], fmt="o-" if study.method in ("ofat", "grid")
-                        and len(study.params) == 1 or study.method == "ofat" else "o", capsize=3)
-            if p.is_log or (min(xs) > 0 and max(xs) / min(xs) >= 20):
-                ax.set_xscale("log")
-        else:
-            labels = sorted({_fmt(x) for x in xs})
-            ax.errorbar([labels.index(_fmt(x)) for x in xs], [r["val_accuracy"] for r in done],
-                        yerr=[r["val_std"] or 0 for r in done], fmt="o", capsize=3)
-            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-        ax.set_xlabel(p.key)
-        ax.set_ylabel("validation accuracy")
-        ax.set_title(f"{study.name}: {p.key}", fontsize=9)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+        fig = plot_metric_vs_param([r[p.key] for r in done], [r["val_accuracy"] for r in done], p.key,
+                                   "validation accuracy", errors=[r["val_std"] or 0 for r in done],
+                                   log_range=p.is_log, connect=method.connects_points(study),
+                                   tick_label=_fmt, title=f"{study.name}: {p.key}")
         path = folder / f"{p.key}.png"
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")  # the tight box keeps rotated labels whole
         written.append(str(path))
     return written
 
@@ -108,7 +88,8 @@ def _plot(study: Study, rows: list[dict], folder: Path) -> list[str]:
 def write_outputs(study: Study, s, out: Path, log=print, export_best: bool = True) -> dict:
     rows = collect(study, s)
     keys = [p.key for p in study.params]
-    columns = ["trial", "state"] + (["step", "varies"] if study.method == "ofat" else []) + keys + ["val_accuracy"] \
+    stepwise = study.sweep_method.stepwise
+    columns = ["trial", "state"] + (["step", "varies"] if stepwise else []) + keys + ["val_accuracy"] \
         + (["val_std", "seeds"] if study.repeats > 1 else []) + ["test_accuracy", "train_seconds", "note"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
@@ -116,7 +97,7 @@ def write_outputs(study: Study, s, out: Path, log=print, export_best: bool = Tru
     w.writerows({c: _fmt(r.get(c)) for c in columns} for r in rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
     best = best_trial(s)
-    ranked = rows if study.method == "ofat" else sorted(rows, key=lambda r: -(r["val_accuracy"] or -1))
+    ranked = rows if stepwise else sorted(rows, key=lambda r: -(r["val_accuracy"] or -1))
     head = f"# Study {study.name} ({study.method})\n\n"
     if best is not None:
         head += f"Best: trial {best.number}, validation accuracy {best.value:.2%} ({_describe_best(study, best)}).\n\n"

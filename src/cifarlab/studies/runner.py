@@ -1,22 +1,22 @@
 """Run a study on Optuna's storage: create or continue it, and work on it as one of many workers.
 
-Work comes from two places. Grid and OFAT points are enqueued up front (OFAT one step at a time)
-and workers pop them atomically from the storage: no point is run twice or lost. Random and TPE
-trials are asked from the sampler while the budget lasts. A trial is one configuration trained
+Work comes from two places, as the study's sweep method (studies/methods.py) says. Grid and OFAT
+points are enqueued up front (OFAT one step at a time) and workers pop them atomically from the
+storage: no point is run twice or lost. Random and TPE trials are asked from the sampler while the
+budget lasts. A trial is one configuration trained
 over the study's seeds; its value is the mean best validation accuracy (test accuracy is recorded,
 never used to choose).
 
 Reliability: every running trial sends a heartbeat; a trial whose worker died (kill -9, a lost
 machine) goes stale after the grace period, is marked FAIL and re-enqueued with the same params
 (Optuna's RetryHeartbeatStaleTrialCallback). A trial that raises (diverged, crashed) is FAIL with
-its reason in the user attribute `fail_reason`, and the study goes on.
+its reason in the user attribute `fail_reason`, and the study goes on. How a trial is popped, asked,
+beaten for and retried on Optuna's storage is in studies/optuna_adapter.py.
 """
 from __future__ import annotations
 
 import json
-import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -24,11 +24,9 @@ import optuna
 from optuna.trial import TrialState
 
 from cifarlab.errors import UserError
+from cifarlab.studies import optuna_adapter as adapter
+from cifarlab.studies.pruners import NO_PRUNING, build_pruner
 from cifarlab.studies.space import Study, study_from_dict
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_RETRY = 3
@@ -50,14 +48,8 @@ def _driver(url: str) -> str:
 
 def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
-    # optuna 4.9 renamed the retry callback and its argument; older releases know only the first names
-    new = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback if new else optuna.storages.RetryFailedTrialCallback
-    kw = "heartbeat_stale_trial_callback" if new else "failed_trial_callback"
     try:
-        return optuna.storages.RDBStorage(_driver(url), heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                          **{kw: retry(max_retry=MAX_RETRY)},
-                                          engine_kwargs={"pool_pre_ping": True})
+        return adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, pool_pre_ping=True)
     except ImportError:
         raise UserError(f"storage '{url}' needs a database driver that is not installed: "
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
@@ -68,19 +60,7 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
 
 def _sampler(study: Study, worker: int):
     # Each worker samples from its own stream: equal seeds in two workers would propose equal trials.
-    seed = study.seed + 1000 * worker
-    if study.method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, (study.trials or 10) // 3)),
-                                          constant_liar=True)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _pruner(study: Study):
-    if study.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if study.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.NopPruner()
+    return study.sweep_method.sampler(study, study.seed + 1000 * worker)
 
 
 def _comparable(d: dict) -> str:
@@ -90,7 +70,7 @@ def _comparable(d: dict) -> str:
 def create_study(study: Study, storage, worker: int = 0) -> optuna.Study:
     """Create the study in the storage, or continue it if it exists and was made from the same file."""
     s = optuna.create_study(study_name=study.name, storage=storage, direction="maximize", load_if_exists=True,
-                            sampler=_sampler(study, worker), pruner=_pruner(study))
+                            sampler=_sampler(study, worker), pruner=build_pruner(study.pruner))
     stored = s.user_attrs.get("study")
     if stored is None:
         s.set_user_attr("study", study.to_dict())
@@ -114,72 +94,24 @@ def load_study(name: str, storage, worker: int) -> tuple[Study, optuna.Study]:
         raise UserError(f"study '{name}' was not made by cifarlab sweep: nothing to work on")
     study = study_from_dict(s.user_attrs["study"])
     return study, optuna.load_study(study_name=name, storage=storage, sampler=_sampler(study, worker),
-                                    pruner=_pruner(study))
+                                    pruner=build_pruner(study.pruner))
 
 
 def retry_interrupted(s: optuna.Study) -> None:
     """Trials stopped by Ctrl-C were failed by us, not by the heartbeat: re-enqueue those not yet retried."""
     trials = s.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    callback = s._storage.get_heartbeat_stale_trial_callback() if hasattr(
-        s._storage, "get_heartbeat_stale_trial_callback") else s._storage.get_failed_trial_callback()
+    retried = {n for t in trials for n in adapter.retry_history(t)}
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted" and t.number not in retried:
-            callback(s, t)
-
-
-def enqueue_missing(s: optuna.Study, points: list[tuple[dict, dict]]) -> int:
-    """Enqueue (params, user_attrs) points whose `slot` attribute is not in the study yet (idempotent)."""
-    have = {t.user_attrs.get("slot") for t in s.get_trials(deepcopy=False)}
-    todo = [(p, a) for p, a in points if a["slot"] not in have]
-    for params, attrs in todo:
-        s.enqueue_trial(params, user_attrs=attrs)
-    return len(todo)
+            adapter.retry(s, t, MAX_RETRY)
 
 
 def originals(s: optuna.Study) -> list:
     """Trials that are not retries of another: each one is one configuration of the budget."""
-    return [t for t in s.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
+    return [t for t in s.get_trials(deepcopy=False) if adapter.retried_from(t) is None]
 
 
 # ---------------------------------------------------------------------- working
-
-def _pop_waiting(s: optuna.Study):
-    # As Study.ask pops the queue, but never creates a new trial when the queue is empty.
-    storage = s._storage
-    for t in s.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(s._study_id, t.number)
-        # beat before taking it: a RUNNING trial without any heartbeat would never go stale, so a
-        # worker killed between the two would leave it "running" forever (a beat on a waiting trial is harmless)
-        storage.record_heartbeat(trial_id)
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(s, trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
-
-
-class _Heartbeat:
-    def __init__(self, storage, trial_id: int):
-        self._stop = threading.Event()
-        interval = storage.get_heartbeat_interval()
-
-        def beat():
-            while True:
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception:  # a missed beat is harmless; a dead worker is what stops them
-                    pass
-                if self._stop.wait(interval):
-                    return
-        self._thread = threading.Thread(target=beat, daemon=True)
-        self._thread.start()
-
-    def stop(self):
-        self._stop.set()
-        self._thread.join()
-
 
 def _describe(params: dict) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
@@ -190,29 +122,30 @@ def run_trial(study: Study, s: optuna.Study, trial: optuna.Trial, out: Path, log
     from cifarlab.studies.trial import train_seeds
 
     frozen = s.get_trials(deepcopy=False)[trial.number]
-    names = frozen.params.keys() | frozen.system_attrs.get("fixed_params", {}).keys()
-    params = {p.key: p.suggest(trial) for p in study.params if p.key in names or study.method in ("random", "tpe")}
-    slot = frozen.system_attrs.get("failed_trial", trial.number)  # a retry reuses its original's run directories
-    beat = _Heartbeat(s._storage, trial._trial_id)
+    # an asked trial has no values yet: the sampler proposes every key (an enqueued one: its own keys)
+    names = adapter.fixed_keys(frozen)
+    params = {p.key: p.suggest(trial) for p in study.params if p.key in names or study.sweep_method.asks}
+    slot = adapter.retried_from(frozen)  # a retry reuses its original's run directories
+    slot = trial.number if slot is None else slot
     t0 = time.time()
-    try:
-        results = train_seeds(study, params, out / "trials" / f"{slot:04d}", trial if study.pruner != "none" else None)
-    except optuna.TrialPruned:
-        s.tell(trial, state=TrialState.PRUNED)
-        log(f"trial {trial.number} [{_describe(params)}]: pruned")
-        return
-    except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", "interrupted")
-        s.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as err:  # diverged or crashed: record why, go on with the study
-        reason = " ".join(f"{type(err).__name__ if not isinstance(err, UserError) else ''} {err}".split())[:500]
-        trial.set_user_attr("fail_reason", reason)
-        s.tell(trial, state=TrialState.FAIL)
-        log(f"trial {trial.number} [{_describe(params)}]: FAILED: {reason}")
-        return
-    finally:
-        beat.stop()
+    with adapter.heartbeat(s, trial):
+        try:
+            results = train_seeds(study, params, out / "trials" / f"{slot:04d}",
+                                  trial if study.pruner != NO_PRUNING else None)
+        except optuna.TrialPruned:
+            s.tell(trial, state=TrialState.PRUNED)
+            log(f"trial {trial.number} [{_describe(params)}]: pruned")
+            return
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            s.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # diverged or crashed: record why, go on with the study
+            reason = " ".join(f"{type(err).__name__ if not isinstance(err, UserError) else ''} {err}".split())[:500]
+            trial.set_user_attr("fail_reason", reason)
+            s.tell(trial, state=TrialState.FAIL)
+            log(f"trial {trial.number} [{_describe(params)}]: FAILED: {reason}")
+            return
     for key, value in results.items():
         trial.set_user_attr(key, value)
     s.tell(trial, results["val_accuracy"])
@@ -227,13 +160,10 @@ def work(study: Study, s: optuna.Study, out: Path, log: Log, stop_when_drained: 
     running anywhere (a running one may still go stale and come back as a retry)."""
     idle_since, ran = None, 0
     while True:
-        optuna.storages.fail_stale_trials(s)
-        trial = _pop_waiting(s)
-        if trial is None and study.method in ("random", "tpe") and len(originals(s)) < study.trials:
-            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
-                warnings.simplefilter("ignore", UserWarning)
-                trial = s.ask()
-                s._storage.record_heartbeat(trial._trial_id)  # at once: see _pop_waiting
+        adapter.fail_stale(s)
+        trial = adapter.pop_waiting(s)
+        if trial is None and study.sweep_method.asks and len(originals(s)) < study.trials:
+            trial = adapter.ask(s)
         if trial is not None:
             idle_since = None
             run_trial(study, s, trial, out, log)
@@ -246,7 +176,6 @@ def work(study: Study, s: optuna.Study, out: Path, log: Log, stop_when_drained: 
             log(f"no work for {idle_timeout:.0f}s: leaving study '{study.name}'")
             return ran
         time.sleep(poll)
-
 
 
 # ---------------------------------------------------------------------- the sweep command
@@ -271,7 +200,6 @@ def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> li
 def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1, heartbeat: int = 10,
           log: Log = print, export_best: bool = True) -> dict:
     """Create or continue the study, work on it with `jobs` local workers, then write its outputs."""
-    from cifarlab.studies.ofat import run_ofat
     from cifarlab.studies.outputs import write_outputs
 
     try:
@@ -284,19 +212,15 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     done = len([t for t in s.get_trials(deepcopy=False) if t.state in FINISHED])
     log(f"study '{study.name}' ({study.method}, {len(study.params)} keys, {study.repeats} seed(s) per configuration) "
         f"in {out}; {done} trials finished before")
-    if study.method == "grid":
-        enqueue_missing(s, [(p, {"slot": f"grid-{i}"}) for i, p in enumerate(study.grid())])
-    if study.method != "ofat":
+    method = study.sweep_method
+    method.enqueue(study, s)
+    if method.fixed_queue:  # workers that find the queue empty and nothing running may leave
         s.set_user_attr("queued_all", True)
     procs = _spawn_workers(jobs - 1, study.name, url, out, heartbeat)
     try:
-        def drain():
-            work(study, s, out, log, stop_when_drained=lambda: True)
-        if study.method == "ofat":
-            run_ofat(study, s, drain)
+        method.run(study, s, lambda: work(study, s, out, log, stop_when_drained=lambda: True))
+        if not method.fixed_queue:
             s.set_user_attr("queued_all", True)
-        else:
-            drain()
     finally:
         for proc, logf in procs:
             proc.wait()

@@ -3,10 +3,10 @@
     name: lr-sweep                 # default: the file's name
     base: quickstart               # a recipe name, a YAML file (relative to this one) or an inline config
     set: {train.epochs: 2}         # fixed overrides of the base
-    method: grid                   # ofat | grid | random | tpe
+    method: grid                   # ofat | grid | random | tpe (studies/methods.py)
     trials: 20                     # random and tpe: how many configurations
     repeats: 1                     # seeds per configuration (train.seed, train.seed+1, ...)
-    pruner: none                   # none | median | halving (stop weak trials from per-epoch val accuracy)
+    pruner: none                   # none | median | halving (studies/pruners.py: stop weak trials from per-epoch val accuracy)
     space:
       optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
       train.batch_size: [32, 64, 128]
@@ -24,16 +24,16 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cifarlab.config import _read_yaml, load_raw, set_key, validate_config
 from cifarlab.errors import UserError
+from cifarlab.studies.methods import SweepMethod, get_method, method_names
+from cifarlab.studies.pruners import NO_PRUNING, pruner_factory
 
-METHODS = ("ofat", "grid", "random", "tpe")
 RANGE_KINDS = ("uniform", "log_uniform", "int", "log_int")
-MAX_GRID = 10_000
 
 
 class StudyFile(BaseModel):
@@ -42,11 +42,11 @@ class StudyFile(BaseModel):
     description: str = ""
     base: str | dict = Field(default_factory=dict)
     set: dict[str, Any] = Field(default_factory=dict)
-    method: Literal["ofat", "grid", "random", "tpe"] = "grid"
+    method: str = "grid"
     trials: int | None = Field(None, ge=1)
     repeats: int = Field(1, ge=1, le=100)
     seed: int = 0
-    pruner: Literal["none", "median", "halving"] = "none"
+    pruner: str = NO_PRUNING
     space: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -54,6 +54,24 @@ class StudyFile(BaseModel):
     def _safe_name(cls, v: str) -> str:  # it names the study directory studies/NAME: no '..', no '/'
         if v and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v):
             raise ValueError("use letters, digits, '-', '_' and '.' (not first), as it names the study directory")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        try:
+            get_method(v)
+        except UserError as err:  # pydantic reports a ValueError under the key's name
+            raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("pruner")
+    @classmethod
+    def _known_pruner(cls, v: str) -> str:
+        try:
+            pruner_factory(v)
+        except UserError as err:
+            raise ValueError(str(err)) from None
         return v
 
 
@@ -102,6 +120,10 @@ class Study:
     seed: int
     pruner: str
     description: str = ""
+
+    @property
+    def sweep_method(self) -> SweepMethod:
+        return get_method(self.method)
 
     def to_dict(self) -> dict:
         """What the storage keeps: a worker on another machine needs nothing else."""
@@ -216,14 +238,16 @@ def build_study(raw: dict, where: str, folder: Path = Path("."), default_name: s
     if not f.space:
         raise UserError(f"{where}: the space is empty: add at least one key, e.g. space: {{optimizer.lr: [0.01, 0.1]}}")
     params = [_parse_param(k, v, where) for k, v in f.space.items()]
-    if f.method in ("ofat", "grid") and (ranged := [p.key for p in params if p.kind != "choice"]):
+    method = get_method(f.method)
+    if not method.takes_ranges and (ranged := [p.key for p in params if p.kind != "choice"]):
+        samplers = " and ".join(n for n in method_names() if get_method(n).takes_ranges)
         raise UserError(f"{where}: method {f.method} needs a list of values for '{ranged[0]}' "
-                        "(ranges are for random and tpe)")
-    if f.method in ("random", "tpe") and not f.trials:
+                        f"(ranges are for {samplers})")
+    if method.asks and not f.trials:
         raise UserError(f"{where}: method {f.method} needs 'trials: N' (how many configurations to try)")
     if f.repeats > 1 and any(p.key == "train.seed" for p in params):
         raise UserError(f"{where}: 'train.seed' is searched and repeats > 1 also sets it: use one of them")
-    if f.repeats > 1 and f.pruner != "none":
+    if f.repeats > 1 and f.pruner != NO_PRUNING:
         raise UserError(f"{where}: pruning judges one training curve: use pruner: none with repeats > 1")
     for p in params:
         if p.kind == "choice" and len({json.dumps(v, sort_keys=True) for v in p.choices}) < len(p.choices):
@@ -231,12 +255,7 @@ def build_study(raw: dict, where: str, folder: Path = Path("."), default_name: s
         for value in p.choices or (p.low, p.high):
             _check(base, {p.key: int(value) if p.kind.endswith("int") else value}, where)
     study = Study(f.name or default_name, f.method, base, params, f.trials, f.repeats, f.seed, f.pruner, f.description)
-    if f.method == "grid":
-        points = math.prod(len(p.choices) for p in params)
-        if points > MAX_GRID:
-            raise UserError(f"{where}: the grid has {points:,} points (more than {MAX_GRID:,}): use random or tpe")
-        for point in study.grid():  # combinations can clash where single values do not
-            _check(base, point, where)
+    method.check(study, where, lambda values: _check(base, values, where))
     return study
 
 

@@ -1,0 +1,189 @@
+"""The studies' seams: sweep methods and pruners as registries (a new method end to end), Optuna's
+internals behind one adapter (pop without creating, beat before RUNNING, retries), no import-time
+side effects, and the one log-scale rule of the plots."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from cifarlab.cli.main import run
+from cifarlab.studies import optuna_adapter as adapter
+from cifarlab.studies.methods import Grid, enqueue_missing, get_method, method_names, register_method
+from cifarlab.studies.pruners import build_pruner, pruner_names
+from cifarlab.studies.runner import open_storage, sweep
+from cifarlab.studies.space import build_study
+
+TINY = {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.epochs": 1,
+        "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant", "model.name": "mlp"}
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@register_method("first-two-of-grid")
+class FirstTwoOfGrid(Grid):
+    """A toy method, registered the way a plugin would: only the first two grid points."""
+
+    def enqueue(self, study, s):
+        enqueue_missing(s, [(p, {"slot": f"first-{i}"}) for i, p in enumerate(study.grid()[:2])])
+
+
+def cli(capsys, *args):
+    code = run([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ---------------------------------------------------------------------- registries
+
+def test_builtin_methods_and_pruners_are_registered():
+    assert {"grid", "ofat", "random", "tpe", "first-two-of-grid"} <= set(method_names())
+    assert pruner_names() == ["halving", "median", "none"]
+    assert isinstance(build_pruner("median"), optuna.pruners.MedianPruner)
+    assert get_method("tpe").asks and get_method("tpe").takes_ranges and not get_method("grid").asks
+    assert get_method("ofat").stepwise and not get_method("ofat").fixed_queue
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("grid")(Grid)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("method", "anneal", "unknown sweep method 'anneal': use one of "),
+    ("method", "gird", "did you mean 'grid'?"),
+    ("pruner", "medain", "unknown pruner 'medain': did you mean 'median'? use one of halving, median, none"),
+])
+def test_unknown_method_or_pruner_is_one_line_naming_the_known_ones(tmp_path, capsys, key, value, message):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"name": "s", "base": "quickstart", "set": TINY, "space": {"optimizer.lr": [0.1]},
+                                 key: value}))
+    code, out, err = cli(capsys, "sweep", "--config", f, "--out", tmp_path / "st")
+    assert code == 2 and err.count("\n") == 1 and f"study key '{key}'" in err and message in err, err
+    if key == "method":
+        assert "grid, ofat, random, tpe" in err
+    assert not (tmp_path / "st").exists()
+
+
+def test_a_registered_method_runs_a_sweep_end_to_end_without_optuna_warning_noise(tmp_path):
+    study = build_study({"name": "toy", "base": "quickstart", "set": TINY, "method": "first-two-of-grid",
+                         "space": {"optimizer.lr": [0.003, 0.01, 0.03]}}, "toy study")
+    lines: list[str] = []
+    verbosity = optuna.logging.get_verbosity()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = sweep(study, tmp_path / "st", log=lines.append)
+    noise = [w for w in caught if issubclass(w.category, (optuna.exceptions.ExperimentalWarning, FutureWarning))]
+    assert not noise, [str(w.message) for w in noise]
+    assert optuna.logging.get_verbosity() == verbosity  # a library call leaves the caller's logging alone
+    trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'st' / 'study.db'}").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert [t.params["optimizer.lr"] for t in trials] == [0.003, 0.01]
+    assert summary["method"] == "first-two-of-grid" and summary["trials"]["COMPLETE"] == 2
+    assert "# Study toy (first-two-of-grid)" in (tmp_path / "st" / "results.md").read_text()
+    assert [Path(p).name for p in summary["plots"]] == ["optimizer.lr.png"]
+    assert any("0 trials finished before" in x for x in lines)
+
+
+# ---------------------------------------------------------------------- no side effects on import
+
+def test_importing_the_studies_leaves_warning_filters_and_optuna_logging_alone():
+    # torch, scipy and numpy add filters of their own when imported: judge only the ones about optuna
+    code = ("import warnings, optuna\n"
+            "about_optuna = lambda: [f for f in warnings.filters if 'optuna' in str(getattr(f[3], 'pattern', f[3])) "
+            "or f[2].__module__.startswith('optuna')]\n"
+            "before, level = about_optuna(), optuna.logging.get_verbosity()\n"
+            "import cifarlab.studies.runner, cifarlab.studies.outputs, cifarlab.studies.repeats, "
+            "cifarlab.studies.lrfind, cifarlab.studies.ofat, cifarlab.cli.studies\n"
+            "assert about_optuna() == before, about_optuna()\n"
+            "assert optuna.logging.get_verbosity() == level\n"
+            "from cifarlab.studies.optuna_adapter import quiet_optuna\n"
+            "quiet_optuna()\n"  # and the command line's switch does change them
+            "assert optuna.logging.get_verbosity() == optuna.logging.WARNING and len(about_optuna()) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------- the Optuna adapter
+
+@pytest.fixture
+def study_on_disk(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'a.db'}", heartbeat=1)
+    return optuna.create_study(study_name="a", storage=storage, direction="maximize")
+
+
+def test_pop_waiting_takes_each_queued_trial_once_and_never_creates_one(study_on_disk):
+    s = study_on_disk
+    assert adapter.pop_waiting(s) is None and s.get_trials() == []  # Study.ask would have made a trial here
+    s.enqueue_trial({"x": 1})
+    trial = adapter.pop_waiting(s)
+    assert trial is not None and trial.number == 0
+    assert s.get_trials()[0].state == TrialState.RUNNING
+    assert adapter.pop_waiting(s) is None and len(s.get_trials()) == 1
+    assert adapter.fixed_keys(s.get_trials()[0]) == {"x"}
+
+
+def test_a_popped_trial_goes_stale_without_beats_and_stays_alive_with_them(study_on_disk):
+    s = study_on_disk  # heartbeat 1 s, grace 3 s
+    s.enqueue_trial({"x": 1})
+    s.enqueue_trial({"x": 2})
+    kept = adapter.pop_waiting(s)
+    dropped = adapter.pop_waiting(s)  # its worker "dies": only the beat taken before RUNNING is recorded
+    with adapter.heartbeat(s, kept):
+        time.sleep(4.5)
+        adapter.fail_stale(s)
+    states = {t.number: t.state for t in s.get_trials()}
+    assert states[kept.number] == TrialState.RUNNING
+    assert states[dropped.number] == TrialState.FAIL  # a RUNNING trial without any beat would never go stale
+    retry = s.get_trials()[-1]
+    assert retry.state == TrialState.WAITING and adapter.retried_from(retry) == dropped.number
+    assert adapter.retry_history(retry) == [dropped.number]
+
+
+def test_retry_re_enqueues_a_failed_trial_with_its_params(study_on_disk):
+    s = study_on_disk
+    trial = adapter.ask(s)
+    trial.suggest_float("x", 0.0, 1.0)
+    s.tell(trial, state=TrialState.FAIL)
+    original = s.get_trials()[0]
+    assert adapter.retried_from(original) is None
+    adapter.retry(s, original, max_retry=3)
+    again = s.get_trials()[1]
+    assert again.state == TrialState.WAITING and again.params == original.params
+    assert adapter.retried_from(again) == original.number
+
+
+# ---------------------------------------------------------------------- plots
+
+@pytest.mark.parametrize("values,log_range,expected", [
+    ([1e-4, 1e-3, 1e-2], False, True),   # learning rates
+    ([16, 32, 64, 128, 256], False, True),  # batch sizes over a decade
+    ([32, 64], False, False),
+    ([0.01, 0.1], False, True),          # exactly one decade
+    ([0.0, 0.5, 0.9], False, False),     # momentum: zero cannot go on a log axis
+    ([-1.0, 10.0], True, False),
+    ([0.02, 0.05], True, True),          # drawn from a log range: log even within a decade
+    ([], False, False),
+])
+def test_log_scale_rule(values, log_range, expected):
+    from cifarlab.report.plots import use_log_scale
+    assert use_log_scale(values, log_range) is expected
+
+
+def test_study_and_lr_plots_follow_the_rule():
+    from cifarlab.report.plots import plot_lr_find, plot_metric_vs_param
+    assert plot_metric_vs_param([16, 256, 64], [0.5, 0.6, 0.55], "batch").axes[0].get_xscale() == "log"
+    assert plot_metric_vs_param([0.0, 0.9], [0.5, 0.6], "momentum").axes[0].get_xscale() == "linear"
+    assert plot_metric_vs_param([0.02, 0.05], [0.5, 0.6], "lr", log_range=True).axes[0].get_xscale() == "log"
+    assert plot_metric_vs_param([0.02, 0.05], [0.5, 0.6], "lr", log_x=False, log_range=True).axes[0].get_xscale() \
+        == "linear"
+    fig = plot_metric_vs_param([[1, 2], [3]], [0.5, 0.6], "widths", connect=True, tick_label=str, title="t")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["[1, 2]", "[3]"]
+    lrs = [1e-3 * 1.5 ** i for i in range(20)]
+    fig = plot_lr_find(lrs, [1.0 / (i + 1) for i in range(20)], {"valley": lrs[5], "steep": lrs[3]}, "x")
+    assert fig.axes[0].get_xscale() == "log"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0].startswith("valley")
