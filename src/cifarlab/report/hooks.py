@@ -28,3 +28,27 @@ def train_and_report(cfg, out=None, log=print, progress: bool = False, callbacks
     """`train` as `cifarlab train` runs it, report included, for scripts and notebooks."""
     from cifarlab.train.trainer import train
     return train(cfg, out, log=log, progress=progress, callbacks=[*callbacks, WriteReport()])
+
+
+class CompareWithReported(Callback):
+    """One line at the end of a run of a recipe that says what its seed report reached (`reported:`):
+    the seed's figure beside this run's, and which split each was measured on."""
+
+    def on_fit_end(self, trainer, summary: dict) -> None:
+        line = reported_line(trainer.cfg.reported, summary)
+        if line:
+            trainer.log(line)
+
+
+def reported_line(reported, summary: dict) -> str | None:
+    """'seed 004: 55.0% (test, 10 epochs); this run: 48.6% best validation (epoch 10 of 10), -6.4 points'."""
+    if reported is None or reported.accuracy is None or summary.get("best_val_accuracy") is None:
+        return None
+    source = reported.source or "the seed report"
+    epochs = f", {reported.epochs} epochs" if reported.epochs else ""
+    test = summary.get("test_accuracy")
+    ours, split = (test, "test") if test is not None else (summary["best_val_accuracy"], "best validation")
+    caveat = "" if test is not None else " (validation, not the seed's test split: expect a point or so of difference)"
+    return (f"{source}: {reported.accuracy:.1%} (test{epochs}); this run: {ours:.1%} {split} "
+            f"(epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}), "
+            f"{100 * (ours - reported.accuracy):+.1f} points{caveat}")

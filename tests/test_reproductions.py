@@ -1,0 +1,43 @@
+"""Recipes that reproduce a seed report: the end-of-run line that compares the two, and the seed
+study presets (issue: seed reproductions you can trust)."""
+from __future__ import annotations
+
+from cifarlab.config import ReportedFigure, list_recipes, load_config
+from cifarlab.report.hooks import reported_line
+from cifarlab.studies.space import read_study_file
+
+
+def test_the_line_names_both_figures_their_splits_and_the_gap():
+    seed = ReportedFigure(accuracy=0.55, epochs=10, source="seed 004")
+    val_only = reported_line(seed, {"best_val_accuracy": 0.4862, "best_epoch": 9, "epochs_run": 10, "test_accuracy": None})
+    assert val_only.startswith("seed 004: 55.0% (test, 10 epochs); this run: 48.6% best validation (epoch 9 of 10)")
+    assert "-6.4 points" in val_only and "validation, not the seed's test split" in val_only
+    with_test = reported_line(seed, {"best_val_accuracy": 0.50, "best_epoch": 3, "epochs_run": 10, "test_accuracy": 0.561})
+    assert "56.1% test" in with_test and "+1.1 points" in with_test and "validation" not in with_test
+    assert reported_line(None, {"best_val_accuracy": 0.5}) is None
+    assert reported_line(ReportedFigure(note="no figure"), {"best_val_accuracy": 0.5}) is None
+
+
+def test_every_full_recipe_with_a_seed_figure_says_where_it_came_from():
+    for name, raw in list_recipes().items():
+        rep = raw.get("reported")
+        if rep and rep.get("accuracy") is not None:
+            cfg = load_config(recipe=name)
+            assert 0 < cfg.reported.accuracy < 1 and cfg.reported.source, name
+            if not name.startswith("speedrun"):  # the speedrun recipes carry targets, not seed figures
+                assert cfg.reported.source.startswith("seed"), name
+
+
+def test_seed_presets_walk_the_seeds_own_networks_and_knobs():
+    ofat = read_study_file("ofat-seed001")
+    keys = [p.key for p in ofat.params]
+    # the report's order: batch size, then the architecture knobs, then the optimiser and the rest
+    assert keys[:7] == ["train.batch_size", "model.options.hidden", "model.options.kernel_size",
+                        "model.options.dropout", "model.options.batchnorm", "model.options.pool",
+                        "model.options.activation"]
+    assert keys.index("optimizer.name") < keys.index("model.options.init") < keys.index("optimizer.weight_decay")
+    for name in ("lr-seed000", "batch-seed000"):
+        study = read_study_file(name)
+        assert study.config(study.grid()[0])["model"]["name"] == "vgg_arch13", name
+    unstated = read_study_file("seed004-mlp-unstated")
+    assert {p.key for p in unstated.params} == {"train.batch_size", "data.normalize"} and len(unstated.grid()) == 12
