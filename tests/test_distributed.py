@@ -2,7 +2,7 @@
 import json
 
 import torch
-from conftest import write_image_folder
+from conftest import assert_user_error, write_image_folder
 
 from cifarlab.data.loader import PreparedData
 from cifarlab.config import DataConfig
@@ -34,6 +34,5 @@ def test_two_processes_train_resume_and_write_once(cli, tmp_path):
 
 
 def test_errors_in_processes_are_one_line(cli, tmp_path):
-    code, _, err = cli("train", "--data", "sample", "--set", "data.train_limit=200", "--val-size", "50",
-                       "-b", "1", "--nproc", "2", "--out", tmp_path / "r")
-    assert code == 2 and err.strip().count("\n") == 0 and "smaller than the 2 processes" in err
+    assert_user_error(cli("train", "--data", "sample", "--set", "data.train_limit=200", "--val-size", "50",
+                          "-b", "1", "--nproc", "2", "--out", tmp_path / "r"), "smaller than the 2 processes")
