@@ -1,6 +1,7 @@
 """Data-parallel training in 2 CPU processes (gloo): the same code path NCCL takes on GPUs."""
 import json
 
+import pytest
 import torch
 from conftest import assert_user_error, write_image_folder
 
@@ -17,6 +18,7 @@ def test_shards_are_disjoint_equal_and_cover_the_epoch():
     assert shards == [150, 150]  # 301 images: one is left out so both ranks take the same steps
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_write_once(cli, tmp_path):
     root = write_image_folder(tmp_path / "imgs", per_class=40)
     out = tmp_path / "run"

@@ -24,7 +24,8 @@ from conftest import assert_user_error, tiny_overrides
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.rundir import read_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+# every test here trains in child processes and waits for them to reach a point: tens of seconds to minutes each
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # An MLP whose checkpoints are large (last.pt ~34 MB with momentum): writing one takes long enough to be caught

@@ -152,6 +152,10 @@ def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys, monkeypatch):
     trials = trials_of(tmp_path / "st", "tpe")
     assert len(trials) == 5 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
+    for t in trials:  # and each sampled point is what that trial's run trained with
+        (run_config,) = (tmp_path / "st" / "trials" / f"{t.number:04d}").glob("seed*/config.yaml")
+        used = load_config(config_file=run_config)
+        assert (used.optimizer.lr, used.optimizer.momentum) == (t.params["optimizer.lr"], t.params["optimizer.momentum"])
     assert all(len(t.intermediate_values) >= 1 for t in trials)  # per-epoch reports fed the pruner
     # a diverging configuration fails with its reason and the study goes on (here with a second local worker)
     g = study_file(tmp_path, {"optimizer.lr": [1e9, 0.01, 0.02]}, "div", set={"model.name": "mlp"})

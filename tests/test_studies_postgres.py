@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
