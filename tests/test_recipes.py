@@ -42,7 +42,8 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.mark.parametrize("name", SEED_RECIPES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifarnet" else n  # ~60 s, 2.4M params
+                                  for n in SEED_RECIPES])
 def test_short_recipe_trains(name, cache, tmp_path, monkeypatch):
     from cifarlab.train.trainer import train
 

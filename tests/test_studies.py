@@ -112,6 +112,7 @@ def test_presets_are_valid():
 
 # ---------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     f = study_file(tmp_path, {"optimizer.lr": [0.002, 0.05], "train.batch_size": [32, 64]}, "ofat", method="ofat",
                    set={"model.name": "mlp"})
@@ -144,6 +145,7 @@ def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     assert_user_error((code, err), "another base or space")
 
 
+@pytest.mark.slow
 def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys, monkeypatch):
     f = study_file(tmp_path, {"optimizer.lr": {"log_uniform": [1e-3, 1e-1]}, "optimizer.momentum": [0.0, 0.9]},
                    "tpe", method="tpe", trials=5, pruner="median", set={"train.epochs": 2})
@@ -177,6 +179,7 @@ def _db_states(db: Path, name: str) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, capsys):
     f = study_file(tmp_path, {"optimizer.lr": [0.01, 0.02, 0.03, 0.04]}, "kill",
                    set={"train.epochs": 3, "data.train_limit": 600})
@@ -252,6 +255,7 @@ def _interval(xs: list[float]) -> dict:
     return {"n": len(xs), "mean": m, "std": sd, "ci_low": lo, "ci_high": hi}
 
 
+@pytest.mark.slow
 def test_repeat_and_compare(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sets = set_args({**TINY, "model.name": "mlp"})
