@@ -1,4 +1,7 @@
-"""Shared fixtures: a private dataset cache, tiny datasets written in the official layouts, the CLI."""
+"""Shared fixtures: a private dataset cache, tiny datasets written in the official layouts, the CLI.
+
+Quick developer loop (skips the tests marked slow, > ~15 s each): `python -m pytest -m "not slow"`; CI runs all.
+"""
 from __future__ import annotations
 
 import io
@@ -130,9 +133,63 @@ def cli(capsys):
     return call
 
 
-def tiny_overrides(**extra) -> dict:
-    """A config that trains in about a second on the bundled sample."""
-    base = {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.epochs": 2,
-            "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant"}
+TINY = {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.epochs": 2,
+        "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant"}
+
+
+def tiny_overrides(*, omit: tuple[str, ...] = (), **extra) -> dict:
+    """A config that trains in about a second on the bundled sample: 300 images, 100 for validation, 2 epochs
+    of batch 32 on one thread at a constant LR. `extra` (dotted keys: **{"train.epochs": 1}) changes or adds
+    keys, `omit` leaves keys out (so the recipe's own value stands)."""
+    base = {k: v for k, v in TINY.items() if k not in omit}
     base.update(extra)
     return base
+
+
+def set_args(overrides: dict) -> list[str]:
+    """Config overrides as the command line gives them: --set KEY=VALUE ..."""
+    return [x for k, v in overrides.items() for x in ("--set", f"{k}={v}")]
+
+
+# ---------------------------------------------------------------------- one-line user errors
+
+USER_ERROR = "cifarlab: error: "
+
+
+def _code_and_stderr(result) -> tuple[int, str]:
+    """(exit code, stderr) of (code, err) or (code, out, err) tuples (the `cli` fixtures), a subprocess
+    CompletedProcess/Popen that captured stderr, or a typer/click CliRunner Result."""
+    if isinstance(result, tuple):
+        return result[0], result[-1]
+    if hasattr(result, "returncode"):  # subprocess
+        err = result.stderr
+    else:  # click.testing.Result
+        code = result.exit_code
+        try:
+            err = result.stderr
+        except ValueError:  # older click without a separate stderr
+            err = result.output
+        return code, err
+    return result.returncode, err.decode() if isinstance(err, bytes) else err
+
+
+def assert_user_error(result, contains: str | tuple[str, ...] | list[str] = (), *, code: int = 2,
+                      after_output: bool = False, context=None) -> str:
+    """A refused command, as users must see it: exit code 2, no traceback, and stderr exactly one line
+    `cifarlab: error: ...` holding each of `contains`. `after_output=True` (a child process that ran for a
+    while before failing) allows earlier stderr lines; the error must then be the last one. Returns that line."""
+    exit_code, err = _code_and_stderr(result)
+    why = (context, err) if context is not None else err
+    assert exit_code == code, why
+    assert "Traceback" not in err, why
+    if after_output:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines, why
+        line = lines[-1]
+    else:
+        assert err.endswith("\n") and err.count("\n") == 1 and len(err.splitlines()) == 1, why
+        line = err[:-1]
+    assert line.startswith(USER_ERROR), why
+    for part in ([contains] if isinstance(contains, str) else contains):
+        assert part in line, why
+    return line

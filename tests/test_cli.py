@@ -5,18 +5,10 @@ import pickle
 
 import pytest
 import torch
-from conftest import tar_folder, write_image_folder
+from conftest import assert_user_error, set_args, tar_folder, tiny_overrides, write_image_folder
 
-TINY = ["--data", "sample", "--set", "data.train_limit=300", "--val-size", "100", "--epochs", "1",
-        "--batch-size", "32", "--threads", "1"]
-
-
-def one_line_error(code, err, match):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cifarlab: error: "), err
-    assert match in lines[0], lines[0]
-    assert "Traceback" not in err
+# the dataset as --data, so that a later --data replaces it (a --set would win over every flag)
+TINY = ["--data", "sample", *set_args(tiny_overrides(omit=("data.dataset", "schedule.name"), **{"train.epochs": 1}))]
 
 
 @pytest.fixture(scope="module")
@@ -77,34 +69,34 @@ def test_models_and_recipes_lists(cli):
 ])
 def test_bad_input_is_one_line_exit_2(cli, tmp_path, args, match):
     code, _, err = cli(*args, "--out", tmp_path / "r") if args[0] == "train" else cli(*args)
-    one_line_error(code, err, match)
+    assert_user_error((code, err), match)
     assert not (tmp_path / "r" / "last.pt").exists()  # refused before any training
 
 
 def test_bad_data_files(cli, tmp_path):
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08\x00garbage")
-    one_line_error(*cli("train", *TINY, "--data", f"folder:{corrupt}", "--out", tmp_path / "a")[::2],
+    assert_user_error(cli("train", *TINY, "--data", f"folder:{corrupt}", "--out", tmp_path / "a"),
                    "truncated or corrupt")
     root = write_image_folder(tmp_path / "imgs", per_class=3)
     (root / "cat" / "oops.jpg").write_bytes(b"not an image")
-    one_line_error(*cli("train", *TINY, "--data", f"folder:{root}", "--out", tmp_path / "b")[::2],
+    assert_user_error(cli("train", *TINY, "--data", f"folder:{root}", "--out", tmp_path / "b"),
                    "is not a readable image")
 
 
 def test_bad_checkpoints(cli, tmp_path, trained):
     out, _ = trained
     other = write_image_folder(tmp_path / "three", per_class=4)
-    one_line_error(*cli("eval", "--checkpoint", out, "--data", f"folder:{other}")[::2], "is for 10 classes")
+    assert_user_error(cli("eval", "--checkpoint", out, "--data", f"folder:{other}"), "is for 10 classes")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    one_line_error(*cli("eval", "--checkpoint", tmp_path / "junk.pt", "--data", "sample")[::2], "damaged")
-    one_line_error(*cli("eval", "--checkpoint", tmp_path / "none.pt", "--data", "sample")[::2], "does not exist")
+    assert_user_error(cli("eval", "--checkpoint", tmp_path / "junk.pt", "--data", "sample"), "damaged")
+    assert_user_error(cli("eval", "--checkpoint", tmp_path / "none.pt", "--data", "sample"), "does not exist")
 
     # weights of another model under this model's name
     ckpt = torch.load(out / "best.pt", weights_only=True)
     ckpt["model"]["name"] = "mlp"
     torch.save(ckpt, tmp_path / "swapped.pt")
-    one_line_error(*cli("eval", "--checkpoint", tmp_path / "swapped.pt", "--data", "sample")[::2], "does not fit")
+    assert_user_error(cli("eval", "--checkpoint", tmp_path / "swapped.pt", "--data", "sample"), "does not fit")
 
     # a pickle that would run code when loaded without weights_only
     marker = tmp_path / "pwned"
@@ -114,14 +106,14 @@ def test_bad_checkpoints(cli, tmp_path, trained):
             return (os.system, (f"touch {marker}",))
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"format": "cifarlab-checkpoint-1", "x": Evil()}, f)
-    one_line_error(*cli("eval", "--checkpoint", tmp_path / "evil.pt", "--data", "sample")[::2], "refused unexecuted")
+    assert_user_error(cli("eval", "--checkpoint", tmp_path / "evil.pt", "--data", "sample"), "refused unexecuted")
     assert not marker.exists()
 
 
 def test_resume_flags(cli, tmp_path, trained):
     out, _ = trained
-    one_line_error(*cli("train", "--resume", out, "--recipe", "quickstart")[::2], "drop --recipe")
-    one_line_error(*cli("train", "--resume", tmp_path / "nothing")[::2], "no run to resume")
+    assert_user_error(cli("train", "--resume", out, "--recipe", "quickstart"), "drop --recipe")
+    assert_user_error(cli("train", "--resume", tmp_path / "nothing"), "no run to resume")
 
 
 def test_folder_tarball_trains_from_the_cli(cli, tmp_path):

@@ -1,8 +1,9 @@
 """Data-parallel training in 2 CPU processes (gloo): the same code path NCCL takes on GPUs."""
 import json
 
+import pytest
 import torch
-from conftest import write_image_folder
+from conftest import assert_user_error, write_image_folder
 
 from cifarlab.data.loader import PreparedData
 from cifarlab.config import DataConfig
@@ -17,6 +18,7 @@ def test_shards_are_disjoint_equal_and_cover_the_epoch():
     assert shards == [150, 150]  # 301 images: one is left out so both ranks take the same steps
 
 
+@pytest.mark.slow
 def test_two_processes_train_resume_and_write_once(cli, tmp_path):
     root = write_image_folder(tmp_path / "imgs", per_class=40)
     out = tmp_path / "run"
@@ -34,6 +36,5 @@ def test_two_processes_train_resume_and_write_once(cli, tmp_path):
 
 
 def test_errors_in_processes_are_one_line(cli, tmp_path):
-    code, _, err = cli("train", "--data", "sample", "--set", "data.train_limit=200", "--val-size", "50",
-                       "-b", "1", "--nproc", "2", "--out", tmp_path / "r")
-    assert code == 2 and err.strip().count("\n") == 0 and "smaller than the 2 processes" in err
+    assert_user_error(cli("train", "--data", "sample", "--set", "data.train_limit=200", "--val-size", "50",
+                          "-b", "1", "--nproc", "2", "--out", tmp_path / "r"), "smaller than the 2 processes")

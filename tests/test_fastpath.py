@@ -16,6 +16,7 @@ def quiet(_line):
     pass
 
 
+@pytest.mark.slow
 def test_bf16_and_fp32_reach_the_same_accuracy(tmp_path):
     """bf16 autocast changes rounding, not learning: both runs land within noise of each other."""
     extra = {"data.train_limit": 1500, "data.val_size": 500, "train.epochs": 4, "schedule.name": "onecycle",
@@ -31,6 +32,7 @@ def test_bf16_and_fp32_reach_the_same_accuracy(tmp_path):
     assert loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)  # the same first-epoch curve
 
 
+@pytest.mark.slow
 def test_gpu_speedrun_recipe_with_compile_runs_on_cpu(tmp_path):
     """speedrun-gpu turns on torch.compile; shrunk, it must train on a CPU and match eager mode."""
     shrink = tiny_overrides(**{"model.options.widths": [16, 32, 32], "optimizer.lr": 0.5, "train.batch_size": 64,

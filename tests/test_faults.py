@@ -19,11 +19,13 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import assert_user_error, tiny_overrides
 
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.rundir import read_metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+# every test here trains in child processes and waits for them to reach a point: tens of seconds to minutes each
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 # An MLP whose checkpoints are large (last.pt ~34 MB with momentum): writing one takes long enough to be caught
@@ -31,8 +33,7 @@ BIG_CHECKPOINTS = {"model.name": "mlp", "model.options.hidden": [1024, 1024], "m
                    "data.dataset": "sample", "data.train_limit": 1000, "data.val_size": 200,
                    "data.augment.flip": True, "data.augment.crop_padding": 2, "schedule.name": "cosine",
                    "optimizer.lr": 0.02, "train.batch_size": 50, "train.threads": 1, "train.seed": 3}
-SMALL = {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.batch_size": 32,
-         "train.threads": 1, "schedule.name": "constant"}
+SMALL = tiny_overrides(omit=("train.epochs",))  # the recipe's epochs unless a test says
 
 
 def config_file(tmp_path: Path, overrides: dict, name: str) -> Path:
@@ -54,13 +55,6 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
         kill9(proc)  # a hung command fails the test and does not outlive it
         raise
     return proc.returncode, out, err
-
-
-def one_line_error(code: int, err: str, match: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and "Traceback" not in err, err
-    assert lines and lines[-1].startswith("cifarlab: error:") and match in lines[-1], err
-    return lines[-1]
 
 
 def epochs_done(run: Path) -> int:
@@ -143,9 +137,9 @@ def test_two_commands_on_one_run_directory(tmp_path):
     try:
         wait_for(lambda: epochs_done(run) >= 1, first)
         code, _, err = finish(start("train", "--resume", run, "--epochs", 50))
-        one_line_error(code, err, f"is in use by cifarlab pid {first.pid}")
+        assert_user_error((code, err), f"is in use by cifarlab pid {first.pid}", after_output=True)
         code, _, err = finish(start("train", "--config", cfg, "--out", run))
-        one_line_error(code, err, "already holds a run")
+        assert_user_error((code, err), "already holds a run", after_output=True)
         assert first.poll() is None  # the first run was not disturbed
     finally:
         kill9(first)
@@ -184,7 +178,7 @@ def test_disk_fills_up_mid_run_then_resume(tmp_path):
         wait_for(lambda: epochs_done(run) >= 2, proc)
         filler = fill(disk)
         code, _, err = finish(proc)
-        line = one_line_error(code, err, "No space left on device")
+        line = assert_user_error((code, err), "No space left on device", after_output=True)
         assert f"continue it with --resume {run}" in line
         done = epochs_done(run)
         assert done >= 2 and load_checkpoint(run / "last.pt")["epoch"] == done
@@ -199,7 +193,7 @@ def test_disk_fills_up_mid_run_then_resume(tmp_path):
 def test_too_little_space_is_refused_before_training(tmp_path):
     with small_disk(tmp_path / "disk", 4) as disk:
         code, out, err = finish(start("train", "--config", config_file(tmp_path, SMALL, "s"), "--out", disk / "r"))
-        one_line_error(code, err, "MiB free on the disk of")
+        assert_user_error((code, err), "MiB free on the disk of", after_output=True)
         assert "epoch" not in out and not (disk / "r").exists()
 
 
@@ -212,9 +206,9 @@ def test_read_only_output_directory(tmp_path):
         before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         code, _, err = finish(start("train", "--resume", run, "--epochs", 2))
-        one_line_error(code, err, "Read-only file system")
+        assert_user_error((code, err), "Read-only file system", after_output=True)
         code, _, err = finish(start("train", "--config", config_file(tmp_path, SMALL, "t"), "--out", disk / "new"))
-        one_line_error(code, err, "Read-only file system")
+        assert_user_error((code, err), "Read-only file system", after_output=True)
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
@@ -235,7 +229,7 @@ def test_failed_write_is_one_line_and_keeps_what_was_written(tmp_path):
     # best.pt (6.3 MB) fits under the limit, last.pt with the momentum buffers (12.6 MB) does not
     proc = start("train", "--config", cfg, "--out", run, preexec_fn=_limit_file_size(9 * 2**20))
     code, _, err = finish(proc)
-    one_line_error(code, err, "File too large")
+    assert_user_error((code, err), "File too large", after_output=True)
     assert load_checkpoint(run / "best.pt")["epoch"] == 1  # written whole before the failure
     assert not list(run.glob(".*.tmp")) and not (run / "last.pt").exists()
 

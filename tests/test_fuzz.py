@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
+from conftest import assert_user_error
 from hypothesis import strategies as st
 
 from cifarlab.cli.main import run
@@ -57,8 +58,9 @@ def outcome(call) -> ExperimentConfig | None:
 @given(st.dictionaries(keys, values, max_size=4))
 def test_overrides_give_a_config_or_one_line(overrides):
     cfg = outcome(lambda: load_config(recipe="quickstart", overrides=overrides))
-    if cfg is not None:  # accepted: the values really are in the config
+    if cfg is not None:  # accepted: a whole config, whose resolved YAML re-reads as itself (runs re-run from it)
         assert isinstance(cfg, ExperimentConfig)
+        assert load_config(config_file=_write(cfg.to_yaml())).to_yaml() == cfg.to_yaml()
 
 
 @FUZZ
@@ -147,8 +149,7 @@ def invoke(capsys, argv: list[str]) -> tuple[int | None, str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     if code is not None and code != 0:
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert code == 2 and len(lines) == 1 and lines[0].startswith("cifarlab: error: "), (argv, err)
+        assert_user_error((code, err), context=argv)
     return code, err
 
 

@@ -83,6 +83,7 @@ def run_step(step: str, spec: str, cache: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 12,000 images decoded in four child processes
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 def test_peak_rss_of_first_and_cached_loads(tmp_path):
     if not can_reset_peak():

@@ -5,7 +5,8 @@ from conftest import SHARED_CIFAR
 from cifarlab.config import load_config
 from cifarlab.train.trainer import train
 
-pytestmark = pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"shared CIFAR-10 images not found at {SHARED_CIFAR}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"shared CIFAR-10 images not found at {SHARED_CIFAR}")]
 
 
 def test_tutorial_cnn_learns_real_cifar10(tmp_path):

@@ -42,7 +42,8 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.mark.parametrize("name", SEED_RECIPES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifarnet" else n  # ~60 s, 2.4M params
+                                  for n in SEED_RECIPES])
 def test_short_recipe_trains(name, cache, tmp_path, monkeypatch):
     from cifarlab.train.trainer import train
 
@@ -52,4 +53,8 @@ def test_short_recipe_trains(name, cache, tmp_path, monkeypatch):
     summary = train(cfg, out=tmp_path / "run", log=lambda line: None)
     assert summary["status"] == "completed" and summary["epochs_run"] == 1
     assert 0 <= summary["best_val_accuracy"] <= 1 and math.isfinite(summary["val"]["loss"])
+    # the best weights, evaluated again on the 20 validation images, give the epoch's figure: k/20
+    assert summary["val"]["images"] == 20
+    assert summary["val"]["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-6)
+    assert round(20 * summary["best_val_accuracy"], 6) == round(20 * summary["best_val_accuracy"])
     assert (tmp_path / "run" / "best.pt").is_file()

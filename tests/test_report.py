@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from cifarlab.config import load_config
 from cifarlab.data.types import RawDataset
@@ -61,9 +62,10 @@ def synthetic():
 
 
 def tiny_config(**overrides):
-    base = {"name": EVIL_RUN, "data.dataset": "synthetic", "data.val_size": 30, "model.name": "tutorial_cnn",
-            "train.epochs": 3, "train.batch_size": 32, "optimizer.lr": 0.05, "train.threads": 1,
-            "schedule.name": "constant"}
+    """The shared tiny config on the synthetic data: all of it (no train_limit), 30 for validation, 3 epochs."""
+    base = tiny_overrides(omit=("data.train_limit",), **{
+        "name": EVIL_RUN, "data.dataset": "synthetic", "data.val_size": 30, "model.name": "tutorial_cnn",
+        "train.epochs": 3, "optimizer.lr": 0.05})
     return load_config(overrides={**base, **overrides})
 
 

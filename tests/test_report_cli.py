@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_user_error
 from PIL import Image
 
 from cifarlab.cli.main import run
@@ -23,10 +24,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def fails(capsys, *args, says: str) -> None:
-    code, _, err = cli(capsys, *args)
-    assert code == 2, err
-    assert err.startswith("cifarlab: error: ") and err.count("\n") == 1, err
-    assert says in err, err
+    assert_user_error(cli(capsys, *args), says)
 
 
 def last_json(out: str):

@@ -1,6 +1,6 @@
 """The airbench-style speedrun network: whitening from data, and a short run of its recipe."""
 import torch
-from conftest import tiny_overrides
+from conftest import assert_user_error, tiny_overrides
 
 from cifarlab.config import load_config
 from cifarlab.models import build_model
@@ -33,5 +33,5 @@ def test_speedrun_recipe_trains(tmp_path):
 def test_bad_options_are_one_line_errors(cli):
     for opts, says in [("{widths: [-1]}", "widths must be a list of positive"), ("{widths: 5}", "widths must be"),
                        ("{whiten_width: 7}", "positive even number")]:
-        code, _, err = cli("train", "--model", "speedrun_net", "--set", f"model.options={opts}", "--epochs", "1")
-        assert code == 2 and err.count("\n") == 1 and says in err, err
+        assert_user_error(cli("train", "--model", "speedrun_net", "--set", f"model.options={opts}", "--epochs", "1"),
+                          says)

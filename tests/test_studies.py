@@ -3,16 +3,20 @@ statistics, the LR range test. Every trial is 1-2 epochs on a few hundred bundle
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
+from conftest import assert_user_error, set_args, tiny_overrides
 from scipy import stats as st
 
 from cifarlab.cli.main import run
@@ -20,8 +24,7 @@ from cifarlab.config import load_config
 from cifarlab.studies.stats import summarize, welch
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-TINY = {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.epochs": 1,
-        "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant"}
+TINY = tiny_overrides(**{"train.epochs": 1})
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -78,8 +81,7 @@ def test_bad_study_file_is_one_line_before_any_training(tmp_path, capsys, keys, 
     f = tmp_path / "bad.yaml"
     f.write_text(yaml.safe_dump(raw))
     code, out, err = cli(capsys, "sweep", "--config", f, "--out", tmp_path / "study")
-    assert code == 2 and message in err
-    assert err.startswith("cifarlab: error: ") and err.count("\n") == 1
+    assert_user_error((code, err), message)
     assert not (tmp_path / "study").exists()  # nothing was created, let alone trained
 
 
@@ -96,7 +98,7 @@ def test_bad_study_file_is_one_line_before_any_training(tmp_path, capsys, keys, 
 def test_bad_command_lines(tmp_path, capsys, args, message):
     args = [a.replace("PRESET", "lr-seed000-short").replace("WORK", str(tmp_path)) for a in args]
     code, out, err = cli(capsys, *args, *(["--out", tmp_path / "o"] if args[0] in ("sweep", "lr-find") else []))
-    assert code == 2 and message in err and err.count("\n") == 1
+    assert_user_error((code, err), message)
 
 
 def test_presets_are_valid():
@@ -110,6 +112,7 @@ def test_presets_are_valid():
 
 # ---------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     f = study_file(tmp_path, {"optimizer.lr": [0.002, 0.05], "train.batch_size": [32, 64]}, "ofat", method="ofat",
                    set={"model.name": "mlp"})
@@ -139,9 +142,10 @@ def test_ofat_walks_keys_in_order_keeps_the_best_and_resumes(tmp_path, capsys):
     # the same name with another space is refused, not mixed in
     g = study_file(tmp_path, {"optimizer.lr": [0.003]}, "ofat", method="ofat")
     code, out, err = cli(capsys, "sweep", "--config", g, "--out", tmp_path / "st")
-    assert code == 2 and "another base or space" in err
+    assert_user_error((code, err), "another base or space")
 
 
+@pytest.mark.slow
 def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys, monkeypatch):
     f = study_file(tmp_path, {"optimizer.lr": {"log_uniform": [1e-3, 1e-1]}, "optimizer.momentum": [0.0, 0.9]},
                    "tpe", method="tpe", trials=5, pruner="median", set={"train.epochs": 2})
@@ -150,6 +154,10 @@ def test_tpe_with_pruning_and_a_failed_trial(tmp_path, capsys, monkeypatch):
     trials = trials_of(tmp_path / "st", "tpe")
     assert len(trials) == 5 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert all(1e-3 <= t.params["optimizer.lr"] <= 1e-1 for t in trials)
+    for t in trials:  # and each sampled point is what that trial's run trained with
+        (run_config,) = (tmp_path / "st" / "trials" / f"{t.number:04d}").glob("seed*/config.yaml")
+        used = load_config(config_file=run_config)
+        assert (used.optimizer.lr, used.optimizer.momentum) == (t.params["optimizer.lr"], t.params["optimizer.momentum"])
     assert all(len(t.intermediate_values) >= 1 for t in trials)  # per-epoch reports fed the pruner
     # a diverging configuration fails with its reason and the study goes on (here with a second local worker)
     g = study_file(tmp_path, {"optimizer.lr": [1e9, 0.01, 0.02]}, "div", set={"model.name": "mlp"})
@@ -171,6 +179,7 @@ def _db_states(db: Path, name: str) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, capsys):
     f = study_file(tmp_path, {"optimizer.lr": [0.01, 0.02, 0.03, 0.04]}, "kill",
                    set={"train.epochs": 3, "data.train_limit": 600})
@@ -208,36 +217,77 @@ def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, ca
 def test_statistics_match_scipy():
     a, b = [0.61, 0.63, 0.60, 0.64], [0.66, 0.65, 0.69]
     s = summarize(a)
-    lo, hi = st.t.interval(0.95, len(a) - 1, loc=s["mean"], scale=st.sem(a))
+    # by hand: mean 0.62, sample sd sqrt(0.001 / 3), t(0.975, 3 df) = 3.182446: 0.62 +- 0.029051
+    assert s["n"] == 4 and s["mean"] == pytest.approx(0.62) and s["std"] == pytest.approx(math.sqrt(0.001 / 3))
+    assert s["ci_low"] == pytest.approx(0.590949, abs=1e-6) and s["ci_high"] == pytest.approx(0.649051, abs=1e-6)
+    lo, hi = st.t.interval(0.95, len(a) - 1, loc=np.mean(a), scale=st.sem(a))  # scipy from the data, not from s
     assert s["ci_low"] == pytest.approx(lo) and s["ci_high"] == pytest.approx(hi)
     w = welch(a, b)
+    assert w["difference"] == pytest.approx(np.mean(b) - np.mean(a)) and w["difference"] == pytest.approx(0.14 / 3)
     ref = st.ttest_ind(b, a, equal_var=False)
     assert w["p_value"] == pytest.approx(ref.pvalue) and w["significant"] == (ref.pvalue < 0.05)
     ci = ref.confidence_interval()
     assert (w["ci_low"], w["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
     assert not welch(a, [x + 0.001 for x in a])["significant"]
+    assert summarize([0.5])["ci_low"] is None  # one value: no spread, no interval
 
 
+def test_intervals_cover_the_true_value_at_their_level():
+    """Repeated samples from a known normal: the mean's 95% interval holds the true mean ~95% of the time,
+    and Welch's interval of the difference holds the true difference (and p < 0.05 exactly when it does not)."""
+    rng = np.random.default_rng(0)
+    trials = 1000
+    xs = rng.normal(0.7, 0.03, size=(trials, 5)).tolist()
+    covered = sum(s["ci_low"] <= 0.7 <= s["ci_high"] for s in map(summarize, xs)) / trials
+    assert 0.93 < covered < 0.97, covered  # binomial sd 0.007 around 0.95
+    pairs = 400  # scipy's t-test costs ~3 ms a call
+    a, b = rng.normal(0.60, 0.01, size=(pairs, 4)).tolist(), rng.normal(0.62, 0.03, size=(pairs, 3)).tolist()
+    tests = [welch(x, y) for x, y in zip(a, b)]
+    covered = sum(w["ci_low"] <= 0.02 <= w["ci_high"] for w in tests) / pairs
+    assert 0.92 < covered < 0.98, covered  # binomial sd 0.011
+    assert all(w["significant"] == (not w["ci_low"] <= 0 <= w["ci_high"]) for w in tests)
+
+
+def _interval(xs: list[float]) -> dict:
+    """n, mean, sd and the 95% t interval, from scipy (one value apart: no interval)."""
+    m, sd = statistics.fmean(xs), statistics.stdev(xs)
+    lo, hi = st.t.interval(0.95, len(xs) - 1, loc=m, scale=st.sem(xs)) if sd > 0 else (m, m)
+    return {"n": len(xs), "mean": m, "std": sd, "ci_low": lo, "ci_high": hi}
+
+
+@pytest.mark.slow
 def test_repeat_and_compare(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sets = [x for k, v in {**TINY, "model.name": "mlp"}.items() for x in ("--set", f"{k}={v}")]
+    sets = set_args({**TINY, "model.name": "mlp"})
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump({"extends": "quickstart", "optimizer": {"lr": 0.0005}}))
     code, out, err = cli(capsys, "repeat", "quickstart", "--seeds", "2", *sets, "--json")
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
     assert r["seeds"] == [0, 1] and len(r["val_accuracy"]) == 2 and r["test"] is None
-    assert r["val"]["ci_low"] <= r["val"]["mean"] <= r["val"]["ci_high"]
+    runs = {int(f.parent.name[len("seed"):]): json.loads(f.read_text())["best_val_accuracy"]
+            for f in Path("studies/repeat-quickstart/trials").glob("*/seed*/summary.json")}
+    assert dict(zip(r["seeds"], r["val_accuracy"])) == runs  # each seed's figure is its own run's
+    assert r["val"] == pytest.approx(_interval(r["val_accuracy"]))  # was: ci_low <= mean <= ci_high
     assert Path("studies/repeat-quickstart/repeat.json").is_file()
     code, out, err = cli(capsys, "compare", "studies/repeat-quickstart", "slow.yaml", "--seeds", "2", *sets, "--json")
     assert code == 0, err
     c = json.loads(out.strip().splitlines()[-1])
     v = c["tests"]["val"]
-    assert c["a"] == "quickstart" and c["b"] == "slow" and v["ci_low"] <= v["difference"] <= v["ci_high"]
+    assert c["a"] == "quickstart" and c["b"] == "slow"
+    # was: ci_low <= difference <= ci_high (true of any interval around it); now the figures of both sides
+    xa, xb = r["val_accuracy"], json.loads(Path("studies/repeat-slow/repeat.json").read_text())["val_accuracy"]
+    assert len(xb) == 2 and v["difference"] == pytest.approx(statistics.fmean(xb) - statistics.fmean(xa))
+    if statistics.variance(xa) + statistics.variance(xb) > 0:
+        ref = st.ttest_ind(xb, xa, equal_var=False)
+        ci = ref.confidence_interval()
+        assert (v["ci_low"], v["ci_high"], v["p_value"]) == pytest.approx((ci.low, ci.high, ref.pvalue))
+    else:  # every seed alike on both sides: no spread, the interval is the difference itself
+        assert v["ci_low"] == v["ci_high"] == v["difference"]
     assert "val accuracy: slow - quickstart" in err
 
 
 def test_lr_find(tmp_path, capsys):
-    sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    sets = set_args(TINY)
     code, out, err = cli(capsys, "lr-find", "-r", "quickstart", *sets, "--steps", "40", "--start-lr", "1e-5",
                          "--end-lr", "100", "--out", tmp_path / "lr", "--json")
     assert code == 0, err
@@ -247,3 +297,63 @@ def test_lr_find(tmp_path, capsys):
     assert len(rows) == r["steps"] + 1 <= 41
     lrs = [float(x.split(",")[1]) for x in rows[1:]]
     assert all(b > a for a, b in zip(lrs, lrs[1:]))  # exponentially increasing
+    # Any LR tried lies in the range given; the suggestion must come from this run's curve and precede its
+    # blow-up. (40 steps of the tiny config never get the loss off its plateau, so there is no descent to find
+    # here: test_valley_suggestion_is_on_the_steep_descent checks that on a curve that has one.)
+    from cifarlab.studies.lrfind import suggestions
+    losses = [float(x.split(",")[2]) for x in rows[1:]]
+    cut = max(5, len(lrs) - 3)  # lr_find leaves the last points (the explosion itself) out
+    assert suggestions(lrs[:cut], losses[:cut]) == pytest.approx(r["suggestions"], rel=1e-4)
+    assert r["suggested_lr"] == r["suggestions"]["valley"]
+    at = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i] / r["suggested_lr"])))
+    assert r["suggested_lr"] == pytest.approx(lrs[at], rel=1e-4)  # one of the LRs tried
+    blow_up = next((i for i, v in enumerate(losses) if v > 1.01 * min(losses[:i + 1])), len(losses))
+    assert blow_up < len(losses), losses  # --end-lr 100 does blow up: the check below has a point
+    assert at < blow_up, (at, blow_up, losses)
+
+
+# ---------------------------------------------------------------------- LR suggestions on a known curve
+
+def _lr_range_curve(seed: int = 0) -> tuple[list[float], list[float], callable]:
+    """A typical LR range test, as lr_find records it: flat (with noise) up to ~1e-4, a steep descent over
+    two decades centred on 3e-3, the minimum near 0.1, then the explosion, cut where lr_find cuts it."""
+    def clean(lr):
+        x = math.log10(lr)
+        return 0.4 + 1.9 / (1 + math.exp(3 * (x + 2.5))) + 4 * max(0.0, x + 1) ** 2
+
+    rng = np.random.default_rng(seed)
+    lrs, losses, best = [], [], math.inf
+    for i in range(100):
+        lr = 1e-7 * 10 ** (8 * i / 99)
+        lrs.append(lr)
+        losses.append(clean(lr) + rng.normal(0, 0.01))
+        best = min(best, losses[-1])
+        if losses[-1] > 4 * best:  # lr_find's stopping rule, then its cut of the last 3 points
+            break
+    cut = max(5, len(lrs) - 3)
+    return lrs[:cut], losses[:cut], clean
+
+
+def _in_descent(lr, clean) -> bool:
+    """Between 10% and 90% of the way down from the plateau (2.3) to the floor (0.4), and before the floor."""
+    return 0.4 + 0.1 * 1.9 < clean(lr) < 0.4 + 0.9 * 1.9 and lr < 0.1
+
+
+def test_valley_suggestion_is_on_the_steep_descent():
+    from cifarlab.studies.lrfind import suggestions, valley
+    lrs, losses, clean = _lr_range_curve()
+    s = suggestions(lrs, losses)
+    assert s["valley"] == valley(lrs, losses)
+    assert _in_descent(s["valley"], clean), s
+    assert 3e-4 < s["valley"] < 1e-2, s  # the descent spans ~3e-4 (2.1) to ~2e-2 (0.6)
+    lowest = lrs[min(range(len(lrs)), key=losses.__getitem__)]
+    assert 0.05 < lowest < 0.2 and s["minimum"] == pytest.approx(lowest / 10)
+
+
+@pytest.mark.xfail(strict=True, reason="suggestions() recurses on lrs[len//10:] until under 10 points remain, "
+                                       "so 'steep' is taken from the last ~9 points (the floor), not the descent")
+def test_steep_suggestion_is_on_the_steep_descent():
+    from cifarlab.studies.lrfind import suggestions
+    lrs, losses, clean = _lr_range_curve()
+    s = suggestions(lrs, losses)
+    assert _in_descent(s["steep"], clean), s

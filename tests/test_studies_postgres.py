@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_overrides
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -69,8 +70,7 @@ def test_two_workers_on_one_postgres_study(postgres_url, tmp_path):
     f = tmp_path / "pg.yaml"
     f.write_text(yaml.safe_dump({
         "name": "pg", "base": "quickstart", "method": "grid",
-        "set": {"data.dataset": "sample", "data.train_limit": 300, "data.val_size": 100, "train.epochs": 1,
-                "train.batch_size": 32, "train.threads": 1, "schedule.name": "constant", "model.name": "mlp"},
+        "set": tiny_overrides(**{"train.epochs": 1, "model.name": "mlp"}),
         "space": {"optimizer.lr": [0.003, 0.01, 0.03], "optimizer.momentum": [0.0, 0.9]}}))
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "cifarlab"]

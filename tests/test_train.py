@@ -117,6 +117,8 @@ def test_test_split_is_evaluated_once_at_the_end(tmp_path):
     s = train(cfg_with(**{"data.dataset": f"cifar10:{arc}", "data.train_limit": None, "data.val_size": 0.2}),
               tmp_path / "r", log=quiet)
     assert s["test"]["images"] == 40 and 0 <= s["test_accuracy"] <= 1
+    cm = s["test"]["confusion_matrix"]  # the accuracy is the matrix's diagonal over its 40 images
+    assert sum(map(sum, cm)) == 40 and s["test_accuracy"] == pytest.approx(sum(cm[i][i] for i in range(len(cm))) / 40)
     model = model_from_checkpoint(load_checkpoint(tmp_path / "r"))
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
