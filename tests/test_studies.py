@@ -350,8 +350,6 @@ def test_valley_suggestion_is_on_the_steep_descent():
     assert 0.05 < lowest < 0.2 and s["minimum"] == pytest.approx(lowest / 10)
 
 
-@pytest.mark.xfail(strict=True, reason="suggestions() recurses on lrs[len//10:] until under 10 points remain, "
-                                       "so 'steep' is taken from the last ~9 points (the floor), not the descent")
 def test_steep_suggestion_is_on_the_steep_descent():
     from cifarlab.studies.lrfind import suggestions
     lrs, losses, clean = _lr_range_curve()

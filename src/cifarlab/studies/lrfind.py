@@ -37,14 +37,13 @@ def valley(lrs: list[float], losses: list[float]) -> float:
 
 
 def suggestions(lrs: list[float], losses: list[float]) -> dict:
-    skip = len(lrs) // 10  # the first smoothed values are still mostly noise
-    if skip:
-        return {**suggestions(lrs[skip:], losses[skip:]), "valley": valley(lrs, losses)}
-    logs = [math.log10(x) for x in lrs]
-    slopes = [(losses[i + 1] - losses[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, len(lrs) - 1)]
-    steep = lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)] if slopes else lrs[0]
-    lowest = min(range(len(losses)), key=losses.__getitem__)
-    return {"valley": valley(lrs, losses), "steep": steep, "minimum": lrs[lowest] / 10}
+    skip = len(lrs) // 10  # the first smoothed values are still mostly noise: steep and minimum skip them
+    tail_lrs, tail = lrs[skip:], losses[skip:]
+    logs = [math.log10(x) for x in tail_lrs]
+    slopes = [(tail[i + 1] - tail[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, len(tail) - 1)]
+    steep = tail_lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)] if slopes else tail_lrs[0]
+    lowest = min(range(len(tail)), key=tail.__getitem__)
+    return {"valley": valley(lrs, losses), "steep": steep, "minimum": tail_lrs[lowest] / 10}
 
 
 def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
