@@ -14,12 +14,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cifarlab.data.registry import spec_help
 from cifarlab.errors import UserError
-from cifarlab.registry import Registry
-# These two registries are torch-free (their entries import torch when they build), so checking names is cheap.
-from cifarlab.train.optimizers import OPTIMIZERS
-from cifarlab.train.schedules import SCHEDULES
+# The registries are torch-free (their entries import torch when they build), so checking names is cheap.
+from cifarlab.registry import DATASETS, OPTIMIZERS, SCHEDULES, Registry
 
 
 def _registered(registry: Registry) -> AfterValidator:
@@ -63,7 +60,7 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = Field("sample", description=spec_help())
+    dataset: str = Field("sample", description=DATASETS.listing(" | "))
     val_size: float = Field(0.1, gt=0, description="validation images carved from train: a count, or a fraction < 1")
     split_seed: int = 0
     train_limit: int | None = Field(None, ge=1, description="train on a stratified subset of this many images")

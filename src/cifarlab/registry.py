@@ -34,7 +34,8 @@ class Registry(Generic[Entry]):
         self._entries: dict[str, Entry] = {}
 
     def add(self, name: str, entry: Entry) -> Entry:
-        self._load_builtins()  # registered first, so a plug-in cannot take a built-in's name unnoticed
+        # No loading of the built-ins here: a built-in module registering itself would import its
+        # siblings half-initialised. A plug-in taking a built-in's name is still refused, when they load.
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' registered twice")
         self._entries[name] = entry
@@ -75,3 +76,12 @@ class Registry(Generic[Entry]):
         if self._builtins is not None:
             module, self._builtins = self._builtins, None  # cleared first: that module's registrations call add()
             importlib.import_module(module)
+
+
+# The registries every layer shares, filled by the package that owns each kind (imported on the first
+# lookup). They live here, below every package, so the config can check a name (`optimizer.name`,
+# `data.dataset`) without importing the package that holds the entries.
+MODELS: Registry = Registry("model", builtins="cifarlab.models", listed_by="cifarlab models")
+DATASETS: Registry = Registry("dataset", builtins="cifarlab.data.sources", label=lambda name, kind: kind.syntax)
+OPTIMIZERS: Registry = Registry("optimizer", builtins="cifarlab.train.optimizers")
+SCHEDULES: Registry = Registry("schedule", builtins="cifarlab.train.schedules")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
-from cifarlab.registry import Registry
+from cifarlab.registry import DATASETS
 
 if TYPE_CHECKING:
     from cifarlab.data.types import RawDataset
@@ -40,8 +40,6 @@ class DatasetKind:
         return {"required": f"{self.name}:PATH", "optional": f"{self.name}[:PATH]", "none": self.name}[self.path]
 
 
-DATASETS: Registry[DatasetKind] = Registry("dataset", builtins="cifarlab.data.sources",
-                                           label=lambda name, kind: kind.syntax)
 
 
 def register_dataset(name: str, path: PathRule = "required", default: Callable[[Path], Path] | None = None,

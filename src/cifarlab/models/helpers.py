@@ -31,10 +31,11 @@ def check_whole(name: str, value, low: int = 1) -> int:
     return value
 
 
-def check_widths(name: str, value, at_least: int = 1, what: str = "positive whole numbers") -> tuple[int, ...]:
-    """A list of whole numbers >= 1 (channels, hidden widths, kernel sizes) as a tuple; one number is a
-    list of one. `at_least` is the shortest list allowed (0: empty is fine, e.g. no hidden layers)."""
-    if is_whole(value):
+def check_widths(name: str, value, at_least: int = 1, what: str = "positive whole numbers",
+                 one_number: bool = False) -> tuple[int, ...]:
+    """A list of whole numbers >= 1 (channels, hidden widths, kernel sizes) as a tuple. `at_least` is the
+    shortest list allowed (0: empty is fine, e.g. no hidden layers); `one_number` accepts 5 for [5]."""
+    if one_number and is_whole(value):
         value = [value]
     if not isinstance(value, (list, tuple)) or len(value) < at_least or not all(is_whole(v) for v in value):
         least = f"at least {at_least} " if at_least > 1 else ""

@@ -13,7 +13,7 @@ from typing import Callable
 import torch.nn as nn
 
 from cifarlab.errors import UserError
-from cifarlab.registry import Registry
+from cifarlab.registry import MODELS
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,6 @@ class ModelEntry:
     summary: str  # first line of the factory's docstring
 
 
-MODELS: Registry[ModelEntry] = Registry("model", listed_by="cifarlab models")
 
 
 def register_model(name: str | None = None, family: str = ""):

@@ -38,8 +38,10 @@ class ConvNet(nn.Module):
                  hidden=(120, 84), activation="relu", pool="max", lp_norm=2.0, dropout=0.0, dropout_layers=None,
                  batchnorm=False, init="default", fc_name="fc"):
         super().__init__()
-        channels, hidden = check_widths("channels", channels), check_widths("hidden", hidden, at_least=0)
-        kernels = check_widths("kernel_size", kernel_size)
+        # one number stands for a list of one, as in seed 001's edits (kernel_size=5, hidden=120)
+        channels = check_widths("channels", channels, one_number=True)
+        hidden = check_widths("hidden", hidden, at_least=0, one_number=True)
+        kernels = check_widths("kernel_size", kernel_size, one_number=True)
         kernels = kernels * len(channels) if len(kernels) == 1 else kernels
         if len(kernels) != len(channels):
             raise ValueError(f"kernel_size must be one size or one per conv ({len(channels)}), got {kernel_size!r}")

@@ -16,7 +16,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from cifarlab.registry import Registry
+from cifarlab.registry import OPTIMIZERS
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,6 @@ class OptimizerEntry:
     summary: str  # first line of the builder's docstring
 
 
-OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer")
 
 
 def register_optimizer(name: str, states: Callable[[OptimizerConfig], int]):

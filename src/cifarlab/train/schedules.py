@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from cifarlab.registry import Registry
+from cifarlab.registry import SCHEDULES
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,6 @@ class ScheduleEntry:
     summary: str  # first line of the function's docstring
 
 
-SCHEDULES: Registry[ScheduleEntry] = Registry("schedule")
 
 
 def register_schedule(name: str, warmup: bool = True):
