@@ -41,3 +41,15 @@ def test_seed_presets_walk_the_seeds_own_networks_and_knobs():
         assert study.config(study.grid()[0])["model"]["name"] == "vgg_arch13", name
     unstated = read_study_file("seed004-mlp-unstated")
     assert {p.key for p in unstated.params} == {"train.batch_size", "data.normalize"} and len(unstated.grid()) == 12
+
+
+def test_a_run_of_a_recipe_with_a_seed_figure_ends_with_the_comparison(cli, tmp_path):
+    from conftest import set_args, tiny_overrides
+
+    code, out, err = cli("train", "--recipe", "mlp", *set_args(tiny_overrides(**{"train.epochs": 1})),
+                         "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    last = [line for line in out.splitlines() if line.strip()]
+    line = next(x for x in last if x.startswith("seed 004: 55.0% (test"))
+    assert "best validation" in line and "points" in line
+    assert line in (tmp_path / "run" / "train.log").read_text()

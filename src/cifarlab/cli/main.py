@@ -48,7 +48,7 @@ def train(
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
-    from cifarlab.report.hooks import WriteReport
+    from cifarlab.report.hooks import CompareWithReported, WriteReport
     from cifarlab.train.trainer import resume as resume_run, train as train_run
 
     flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
@@ -60,7 +60,9 @@ def train(
     overrides.update(parse_assignment(s) for s in set_)
     say = _say(as_json)
     show_bar = progress and sys.stderr.isatty()
-    callbacks = [WriteReport()]  # every run the CLI trains writes report.html and report.md at its end
+    # every run the CLI trains writes report.html and report.md at its end, and a recipe that
+    # reproduces a seed report ends with one line comparing the two figures
+    callbacks = [WriteReport(), CompareWithReported()]
     if tensorboard:
         if nproc > 1:
             raise UserError("--tensorboard works with --nproc 1 only: drop one of them")
