@@ -41,6 +41,8 @@ def test_seed_presets_walk_the_seeds_own_networks_and_knobs():
         assert study.config(study.grid()[0])["model"]["name"] == "vgg_arch13", name
     unstated = read_study_file("seed004-mlp-unstated")
     assert {p.key for p in unstated.params} == {"train.batch_size", "data.normalize"} and len(unstated.grid()) == 12
+    lenet = read_study_file("seed004-lenet5-unstated")
+    assert lenet.method == "ofat" and [p.key for p in lenet.params] == ["optimizer.lr", "train.batch_size", "data.normalize"]
 
 
 def test_a_run_of_a_recipe_with_a_seed_figure_ends_with_the_comparison(cli, tmp_path):
