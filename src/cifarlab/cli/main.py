@@ -45,6 +45,8 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="live curves: TensorBoard event files in RUN_DIR/tensorboard"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="log to this MLflow tracking URI (default: the config's "
+                                         "track.mlflow, else $MLFLOW_TRACKING_URI); needs cifarlab[mlflow]"),
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
@@ -66,15 +68,22 @@ def train(
             raise UserError("--tensorboard works with --nproc 1 only: drop one of them")
         from cifarlab.report.live import TensorBoardCallback
         callbacks.append(TensorBoardCallback())
+    from cifarlab.report.mlflow_hook import MlflowCallback
+    tracker = MlflowCallback(mlflow)  # after the report, which it uploads; off unless a URI is given or configured
+    callbacks.append(tracker)
     if resume is not None and (recipe or config or out):
         raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
-    if nproc > 1:
-        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
-    elif resume is not None:
-        summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
-    else:
-        cfg = load_config(recipe, config, overrides)
-        summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    try:
+        if nproc > 1:
+            summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
+        elif resume is not None:
+            summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
+        else:
+            cfg = load_config(recipe, config, overrides)
+            summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    except BaseException as err:  # diverged, interrupted: the MLflow run says so too
+        tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     if as_json:
         emit_json(summary)
 
