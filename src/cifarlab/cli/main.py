@@ -111,6 +111,30 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
     return json.loads((path / "summary.json").read_text())
 
 
+@app.command("find-batch-size")
+def find_batch_size(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    data: Optional[str] = typer.Option(None, help=spec_help()),
+    set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set model.name=resnet18"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="memory budget, e.g. 4GiB (default: CUDA: the "
+                                             "GPU's memory; CPU: this process's RAM plus what is available, less 10%)"),
+    start: int = typer.Option(2, "--start", min=1, help="the first batch size to try (doubled from there)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The largest batch size whose training step fits in memory (doubling, then binary search)."""
+    from cifarlab.config import load_config, parse_assignment
+    from cifarlab.studies.batchfind import find_batch_size as run_find
+
+    if not recipe and not config:
+        raise UserError("give --recipe NAME or --config FILE: the model and data to size the batch for")
+    overrides = {"data.dataset": data} if data else {}
+    overrides.update(parse_assignment(s) for s in set_)
+    result = run_find(load_config(recipe, config, overrides), max_memory, start, log=_say(as_json))
+    if as_json:
+        emit_json(result)
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
