@@ -64,7 +64,8 @@ def test_model_by_module_and_callable(tmp_path, monkeypatch):
         "    '''A user's class taking only num_classes.'''\n"
         "    def __init__(self, num_classes, hidden=16):\n"
         "        super().__init__()\n"
-        "        self.f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))\n"
+        "        self.f = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, hidden), nn.ReLU(),\n"
+        "                               nn.Linear(hidden, num_classes))\n"
         "    def forward(self, x):\n"
         "        return self.f(x)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -87,10 +88,11 @@ def cifarlab_errors():
 
 
 def test_find_batch_size_stops_at_a_memory_cap(cli):
-    from cifarlab.studies.batchfind import _status_kib
-
-    overrides = {**TINY, "data.train_limit": 1200, "model.name": "tutorial_cnn"}
-    budget = (_status_kib("VmRSS") or 0) + 60 * 2**20  # room for a batch of ~100 of these images, not 1000
+    overrides = {**TINY, "data.train_limit": 500, "model.name": "tutorial_cnn"}
+    quiet = lambda _l: None  # noqa: E731
+    [first] = cifarlab.find_batch_size(recipe="quickstart", overrides=overrides, max_memory="1TB", max_trials=1,
+                                       log=quiet)["trials"]
+    budget = first["peak_bytes"] + 30 * 2**20  # room for a batch of some dozens of these images, not 400
     r = cifarlab.find_batch_size(recipe="quickstart", overrides=overrides, max_memory=budget, log=lambda _l: None)
     fits = [t for t in r["trials"] if t["fits"]]
     too_big = [t for t in r["trials"] if not t["fits"]]

@@ -185,12 +185,12 @@ def sweep(study: str | Path | Mapping, out: str | Path | None = None, storage: s
 
 def find_batch_size(recipe: str | None = None, config: "str | Path | Mapping | ExperimentConfig | None" = None,
                     overrides: Mapping[str, Any] | None = None, max_memory: str | int | None = None, start: int = 2,
-                    log: Callable[[str], None] = print) -> dict:
+                    max_trials: int = 25, log: Callable[[str], None] = print) -> dict:
     """The largest batch size whose training step fits in memory (CUDA: the GPU; CPU: the available RAM, or
     `max_memory` such as "4GiB"). Returns {"batch_size", "peak_bytes", "budget_bytes", "trials", ...}."""
     from cifarlab.studies.batchfind import find_batch_size as run_find
 
-    return run_find(_config(recipe, config, overrides), max_memory, start, log=log)
+    return run_find(_config(recipe, config, overrides), max_memory, start, max_trials, log=log)
 
 
 # `cifarlab.train` is also the subpackage cifarlab/train/ (the trainer): importing any of its modules binds

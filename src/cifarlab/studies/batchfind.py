@@ -94,8 +94,8 @@ def find_batch_size(cfg: ExperimentConfig, max_memory: str | int | None = None, 
     """The largest `train.batch_size` whose training step fits in memory. Returns {"batch_size", "budget_bytes",
     "peak_bytes", "limited_by", "trials": [{"batch_size", "fits", "peak_bytes"}], ...}; with `out`, also
     batch_size.json there."""
-    from cifarlab.train.trainer import Trainer
     from cifarlab.train.rundir import RunDir
+    from cifarlab.train.trainer import Trainer
 
     if start < 1:
         raise UserError(f"the first batch size to try must be at least 1 (got {start})")
@@ -162,7 +162,7 @@ def find_batch_size(cfg: ExperimentConfig, max_memory: str | int | None = None, 
             if bs >= cap:
                 break
             bs = min(2 * bs, cap)
-        while bad is not None and bad - good > 1 and len(trials) < max_trials:  # binary search
+        while bad is not None and good and bad - good > 1 and len(trials) < max_trials:  # binary search
             mid = (good + bad) // 2
             trials.append(probe(mid))
             good, bad = (mid, bad) if trials[-1]["fits"] else (good, mid)
