@@ -116,6 +116,14 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
 
 
+class TrackConfig(_Section):
+    """Experiment tracking outside the run directory (which stays the record either way)."""
+    mlflow: str | None = Field(None, description="an MLflow tracking URI (http://HOST:PORT, file:///PATH, sqlite:///...); "
+                                                 "default: $MLFLOW_TRACKING_URI if set, else off")
+    experiment: str | None = Field(None, description="the MLflow experiment (default: the config's name)")
+    log_checkpoints: bool = Field(False, description="also upload best.pt and last.pt as artifacts")
+
+
 class ReportedFigure(_Section):
     """What the seed report that a recipe reproduces said it reached (metadata only)."""
     accuracy: float | None = None
@@ -133,6 +141,7 @@ class ExperimentConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
 
     @model_validator(mode="after")
     def _val_size_is_count_or_fraction(self):

@@ -45,6 +45,8 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="live curves: TensorBoard event files in RUN_DIR/tensorboard"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="log to this MLflow tracking URI (default: the config's "
+                                         "track.mlflow, else $MLFLOW_TRACKING_URI); needs cifarlab[mlflow]"),
 ):
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
@@ -68,15 +70,22 @@ def train(
             raise UserError("--tensorboard works with --nproc 1 only: drop one of them")
         from cifarlab.report.live import TensorBoardCallback
         callbacks.append(TensorBoardCallback())
+    from cifarlab.report.mlflow_hook import MlflowCallback
+    tracker = MlflowCallback(mlflow)  # after the report, which it uploads; off unless a URI is given or configured
+    callbacks.append(tracker)
     if resume is not None and (recipe or config or out):
         raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
-    if nproc > 1:
-        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
-    elif resume is not None:
-        summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
-    else:
-        cfg = load_config(recipe, config, overrides)
-        summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    try:
+        if nproc > 1:
+            summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
+        elif resume is not None:
+            summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
+        else:
+            cfg = load_config(recipe, config, overrides)
+            summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    except BaseException as err:  # diverged, interrupted: the MLflow run says so too
+        tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
     if as_json:
         emit_json(summary)
 
@@ -102,6 +111,30 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
         load_dataset(cfg.data.dataset)  # decode once here, not N times in parallel
     launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
     return json.loads((path / "summary.json").read_text())
+
+
+@app.command("find-batch-size")
+def find_batch_size(
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    data: Optional[str] = typer.Option(None, help=spec_help()),
+    set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set model.name=resnet18"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="memory budget, e.g. 4GiB (default: CUDA: the "
+                                             "GPU's memory; CPU: this process's RAM plus what is available, less 10%)"),
+    start: int = typer.Option(2, "--start", min=1, help="the first batch size to try (doubled from there)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The largest batch size whose training step fits in memory (doubling, then binary search)."""
+    from cifarlab.config import load_config, parse_assignment
+    from cifarlab.studies.batchfind import find_batch_size as run_find
+
+    if not recipe and not config:
+        raise UserError("give --recipe NAME or --config FILE: the model and data to size the batch for")
+    overrides = {"data.dataset": data} if data else {}
+    overrides.update(parse_assignment(s) for s in set_)
+    result = run_find(load_config(recipe, config, overrides), max_memory, start, log=_say(as_json))
+    if as_json:
+        emit_json(result)
 
 
 @app.command("eval")

@@ -40,14 +40,21 @@ def runs(
     filters: List[str] = typer.Option([], "--filter", help="KEY=VALUE, a column or config key: model=tutorial_cnn, "
                                       "train.batch_size=64 (repeat to combine)"),
     as_json: bool = typer.Option(False, "--json"),
+    fmt: str = typer.Option("table", "--format", help="table | csv | markdown (to paste into a report)"),
 ):
     """A table of the runs below a folder: model, key hyperparameters, accuracies, epochs, time, status."""
     from cifarlab.report.format import text_table
     from cifarlab.report.runs import COLUMNS, find_runs, format_row, select_rows
 
+    from cifarlab.report.runs import FORMATS, render_rows
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     rows = select_rows(find_runs(root), root, filters, sort, desc)
     if as_json:
         return emit_json(rows)
+    if fmt != "table":
+        return print(render_rows(rows, fmt), end="")
     if not rows:
         print(f"no runs below '{root}'" + (" match the filters" if filters else ""))
         return

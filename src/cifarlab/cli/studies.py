@@ -39,6 +39,8 @@ def sweep(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default studies/NAME)"),
     heartbeat: int = typer.Option(10, min=1, help="seconds between heartbeats; a trial silent 3x this is retried"),
     as_json: bool = typer.Option(False, "--json"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI: one parent run, each trained run "
+                                         "a child (default: base track.mlflow, else $MLFLOW_TRACKING_URI)"),
 ):
     """Run (or continue) a study: a base config plus a search space; writes tables, plots, best.yaml."""
     _quiet_optuna()
@@ -46,7 +48,8 @@ def sweep(
     from cifarlab.studies.space import read_study_file
 
     study = read_study_file(config, _overrides(data, set_), method=method, trials=trials, repeats=repeats)
-    summary = run_sweep(study, out or Path("studies") / study.name, storage, jobs, heartbeat, _say(as_json))
+    summary = run_sweep(study, out or Path("studies") / study.name, storage, jobs, heartbeat, _say(as_json),
+                        mlflow=mlflow)
     if as_json:
         emit_json(summary)
 
@@ -80,12 +83,13 @@ def repeat(
     storage: Optional[str] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default studies/repeat-NAME"),
     as_json: bool = typer.Option(False, "--json"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI: the seeds as children of one run"),
 ):
     """Train one configuration over K seeds: mean ± std and 95% CI of validation and test accuracy."""
     _quiet_optuna()
     from cifarlab.studies.repeats import repeat as run_repeat
 
-    result = run_repeat(recipe, seeds, _overrides(data, set_), out, storage, jobs, log=_say(as_json))
+    result = run_repeat(recipe, seeds, _overrides(data, set_), out, storage, jobs, log=_say(as_json), mlflow=mlflow)
     if as_json:
         emit_json(result)
 

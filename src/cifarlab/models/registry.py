@@ -42,7 +42,28 @@ def model_names() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
+    """A registered model, or `package.module:callable` (your own factory or nn.Module class, imported)."""
+    if ":" in name and name not in MODELS:
+        return _imported(name)
     return MODELS.get(name)
+
+
+def _imported(name: str) -> ModelEntry:
+    import importlib
+
+    module, _, attr = name.partition(":")
+    try:
+        factory = importlib.import_module(module)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except Exception as err:  # ImportError, AttributeError, or whatever the module raises at import
+        raise UserError(f"model '{name}': cannot import {attr or '?'} from module '{module}' "
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:150]}); give package.module:callable "
+                        "importable from here (check PYTHONPATH)") from None
+    if not callable(factory):
+        raise UserError(f"model '{name}': '{attr}' in '{module}' is not callable: give a factory or nn.Module class")
+    doc = inspect.getdoc(factory) or ""
+    return ModelEntry(name, factory, "user", doc.splitlines()[0] if doc else "")
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
@@ -54,8 +75,11 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
     if unknown:
         allowed = [k for k in params if k not in ("num_classes", "in_channels", "image_size")]
         raise UserError(f"model '{name}' has no option '{unknown[0]}': its options are {', '.join(allowed) or 'none'}")
+    shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    if not takes_any:  # a user's factory or class may take only some of them (e.g. just num_classes)
+        shape = {k: v for k, v in shape.items() if k in params}
     try:
-        return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+        return entry.factory(**shape, **options)
     except (TypeError, ValueError, RuntimeError) as err:  # torch raises RuntimeError for impossible layer shapes
         raise UserError(f"model '{name}' cannot be built with {options or 'default options'}: {err}") from None
 

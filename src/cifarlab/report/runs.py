@@ -5,7 +5,9 @@ or one that was interrupted). Nothing here loads a checkpoint or the dataset.
 """
 from __future__ import annotations
 
+import csv
 import fcntl
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -181,3 +183,26 @@ def select_rows(runs: list[Run], root: Path, filters: list[str], sort: str | Non
         present.sort(key=lambda r: (isinstance(r[key], str), r[key]), reverse=desc)
         rows = present + [r for r in rows if r[key] is None]  # runs without the value go last either way
     return rows
+
+
+FORMATS = ("table", "csv", "markdown")
+
+
+def render_rows(rows: list[dict], fmt: str) -> str:
+    """`cifarlab runs --format csv|markdown`: CSV keeps raw values (fractions, seconds, the full path) for
+    spreadsheets; Markdown shows the table's display strings, ready to paste into a report."""
+    if fmt == "csv":
+        cols = COLUMNS + ["name", "path", "epochs_run"]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows({c: "" if r.get(c) is None else r[c] for c in cols} for r in rows)
+        return buf.getvalue()
+    if fmt == "markdown":
+        numeric = {"lr", "batch_size", "epochs", "best_val", "test", "time"}
+        cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(COLUMNS) + " |",
+                 "| " + " | ".join("---:" if c in numeric else "---" for c in COLUMNS) + " |"]
+        lines += ["| " + " | ".join(cell(format_row(r)[c]) for c in COLUMNS) + " |" for r in rows]
+        return "\n".join(lines) + "\n"
+    raise UserError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")

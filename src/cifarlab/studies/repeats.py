@@ -28,7 +28,7 @@ def _source(what: str) -> tuple[str, dict]:
 
 
 def repeat(what: str, seeds: int, overrides: dict, out: Path | None = None, storage: str | None = None,
-           jobs: int = 1, heartbeat: int = 10, log=print) -> dict:
+           jobs: int = 1, heartbeat: int = 10, log=print, mlflow: str | None = None) -> dict:
     from cifarlab.studies.runner import create_study, default_storage, open_storage, sweep
 
     if seeds < 2:
@@ -41,7 +41,8 @@ def repeat(what: str, seeds: int, overrides: dict, out: Path | None = None, stor
     study = build_study({"name": name, "base": raw, "method": "grid", "space": {"train.seed": [
         first + i for i in range(seeds)]}}, f"repeat of '{what}'")
     out = out or Path("studies") / name
-    sweep(study, out, storage, jobs, heartbeat, log=log, export_best=False)  # a best seed is no result
+    # a best seed is no result; with MLflow the seeds are children of one parent run
+    sweep(study, out, storage, jobs, heartbeat, log=log, export_best=False, mlflow=mlflow, kind="repeat")
     s = create_study(study, open_storage(storage or default_storage(out), heartbeat))
     done = [t for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     val = [t.value for t in done]

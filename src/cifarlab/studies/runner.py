@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from cifarlab.errors import UserError
 from cifarlab.studies import optuna_adapter as adapter
-from cifarlab.studies.pruners import NO_PRUNING, build_pruner
+from cifarlab.studies.pruners import build_pruner
 from cifarlab.studies.space import Study, study_from_dict
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -130,8 +130,7 @@ def run_trial(study: Study, s: optuna.Study, trial: optuna.Trial, out: Path, log
     t0 = time.time()
     with adapter.heartbeat(s, trial):
         try:
-            results = train_seeds(study, params, out / "trials" / f"{slot:04d}",
-                                  trial if study.pruner != NO_PRUNING else None)
+            results = train_seeds(study, params, out / "trials" / f"{slot:04d}", trial)
         except optuna.TrialPruned:
             s.tell(trial, state=TrialState.PRUNED)
             log(f"trial {trial.number} [{_describe(params)}]: pruned")
@@ -198,8 +197,11 @@ def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> li
 
 
 def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1, heartbeat: int = 10,
-          log: Log = print, export_best: bool = True) -> dict:
-    """Create or continue the study, work on it with `jobs` local workers, then write its outputs."""
+          log: Log = print, export_best: bool = True, mlflow: str | None = None, kind: str = "study") -> dict:
+    """Create or continue the study, work on it with `jobs` local workers, then write its outputs.
+    `mlflow`: a tracking URI (else the base config's track.mlflow, else $MLFLOW_TRACKING_URI): the study
+    is one parent run there and every trained run its child."""
+    from cifarlab.report import mlflow_hook
     from cifarlab.studies.outputs import write_outputs
 
     try:
@@ -212,6 +214,11 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     done = len([t for t in s.get_trials(deepcopy=False) if t.state in FINISHED])
     log(f"study '{study.name}' ({study.method}, {len(study.params)} keys, {study.repeats} seed(s) per configuration) "
         f"in {out}; {done} trials finished before")
+    track = study.base.get("track") or {}
+    tracking = mlflow_hook.start_study(mlflow_hook.resolve_uri(mlflow, track.get("mlflow")), track.get("experiment"),
+                                       study.name, kind, s.user_attrs.get("mlflow"), log)
+    if tracking:  # trials (in any worker) find their parent run here
+        s.set_user_attr("mlflow", tracking)
     method = study.sweep_method
     method.enqueue(study, s)
     if method.fixed_queue:  # workers that find the queue empty and nothing running may leave
@@ -225,7 +232,10 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
         for proc, logf in procs:
             proc.wait()
             logf.close()
-    return write_outputs(study, s, out, log, export_best)
+    summary = write_outputs(study, s, out, log, export_best)
+    done = [t.value for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    mlflow_hook.end_study(tracking, max(done) if done else None, out, log)
+    return summary
 
 
 def join(name: str, storage_url: str, out: Path | None, worker: int = 0, heartbeat: int = 10, log: Log = print,

@@ -1,4 +1,9 @@
-"""One trial: a configuration trained once per seed, each run in its own run directory."""
+"""One trial: a configuration trained once per seed, each run in its own run directory.
+
+Every trial reports its per-epoch validation accuracy to Optuna (the intermediate values a pruner
+reads, and optuna-dashboard plots), whatever the pruner; `none` simply never stops one. Each trial's
+run directories are in its user attributes (`run_dir`, `run_dirs`) from the moment it starts.
+"""
 from __future__ import annotations
 
 import json
@@ -22,7 +27,10 @@ def _pruning(trial):
 
 def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
     """Train into run_dir; a run that finished there before (a retried trial) is not trained again.
-    report=False skips each run's report.html (seconds of plotting per run in a long sweep)."""
+    report=False skips each run's report.html (seconds of plotting per run in a long sweep).
+    A callback with an `abort(status)` method (MLflow's) hears of a run that stopped with an exception."""
+    import optuna
+
     from cifarlab.report.hooks import WriteReport
     from cifarlab.train.trainer import train
 
@@ -34,16 +42,44 @@ def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
         if done.get("status") in ("completed", "stopped"):
             return done
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off mid-way starts again from scratch
-    return train(cfg, run_dir, log=lambda _line: None, callbacks=[*callbacks, WriteReport()] if report else callbacks)
+    # the report first: end-of-run hooks run in order, and the MLflow hook uploads report.html
+    try:
+        return train(cfg, run_dir, log=lambda _line: None, callbacks=[WriteReport(), *callbacks] if report else callbacks)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, (optuna.TrialPruned, KeyboardInterrupt)) else "FAILED"
+        for cb in callbacks:
+            if hasattr(cb, "abort"):
+                cb.abort(status)
+        raise
+
+
+def _tracking(trial, cfg, seed_dir: Path):
+    """The MLflow child-run hook of one seed's run, when the study has a parent run."""
+    info = trial.study.user_attrs.get("mlflow") if trial is not None else None
+    if not info:
+        return None
+    from cifarlab.report.mlflow_hook import MlflowCallback
+    return MlflowCallback(info["uri"], info.get("experiment"), info.get("parent_run_id"),
+                          tags={"cifarlab.trial": trial.number, "cifarlab.study": trial.study.study_name},
+                          run_name=f"trial-{trial.number}-{seed_dir.name}")
 
 
 def train_seeds(study: Study, params: dict, folder: Path, trial=None) -> dict:
     """Mean validation accuracy over the study's seeds, and each seed's figures."""
     runs, seeds = [], []
-    for seed in study.seeds():
-        cfg = validate_config(study.config(params, seed))
-        cbs = (_pruning(trial),) if trial is not None else ()
-        runs.append(train_one(cfg, folder / f"seed{cfg.train.seed}", cbs))
+    cfgs = [validate_config(study.config(params, seed)) for seed in study.seeds()]
+    dirs = [folder / f"seed{cfg.train.seed}" for cfg in cfgs]
+    if trial is not None:  # known before training, so a running or pruned trial shows where its runs are
+        trial.set_user_attr("run_dir", str(dirs[0].resolve()))
+        trial.set_user_attr("run_dirs", [str(d.resolve()) for d in dirs])
+    for cfg, run_dir in zip(cfgs, dirs):
+        cbs = []
+        track = _tracking(trial, cfg, run_dir)
+        if track is not None:  # before pruning: an epoch is logged before a pruner may stop the run
+            cbs.append(track)
+        if trial is not None:
+            cbs.append(_pruning(trial))
+        runs.append(train_one(cfg, run_dir, cbs))
         seeds.append(cfg.train.seed)
     vals = [r["best_val_accuracy"] for r in runs]
     tests = [r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]
@@ -51,4 +87,4 @@ def train_seeds(study: Study, params: dict, folder: Path, trial=None) -> dict:
             "test_accuracy": sum(tests) / len(tests) if tests else None,
             "seeds": seeds,
             "best_epochs": [r["best_epoch"] for r in runs], "train_seconds": sum(r["train_seconds"] for r in runs),
-            "run_dirs": [r["run_dir"] for r in runs]}
+            "run_dir": str(dirs[0].resolve()), "run_dirs": [str(Path(r["run_dir"]).resolve()) for r in runs]}
