@@ -109,7 +109,8 @@ def evaluate(
     split: str = typer.Option("auto", help="auto (test if the dataset has one, else all) | test | val | train | all"),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     device: str = typer.Option("auto"),
-    tta: bool = typer.Option(False, "--tta", help="average predictions over each image and its mirror image"),
+    tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
+                                      "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
@@ -117,7 +118,7 @@ def evaluate(
 
     res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta)
     say = _say(as_json)
-    say(f"{res['data']} [{res['split']}], {res['images']} images: accuracy {res['accuracy']:.2%}, "
+    say(f"{res['data']} [{res['split']}], {res['images']} images, TTA level {res['tta_level']}: accuracy {res['accuracy']:.2%}, "
         f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")
     for c, a in res["per_class_accuracy"].items():
         say(f"  accuracy of {c:>12}: {a:6.2%}")
