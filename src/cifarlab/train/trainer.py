@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,17 +25,17 @@ from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
 from cifarlab.models import build_model, count_parameters
 from cifarlab.fileio import atomic_write_text
 from cifarlab.train.callbacks import CallbackLike, as_callbacks
-from cifarlab.train.checkpoint import checkpoint_bytes, load_checkpoint, load_weights, save_checkpoint
+from cifarlab.train.checkpoint import check_free_space, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist, from_env
 from cifarlab.train.ema import WeightEMA
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
+from cifarlab.train.param_groups import scaled_for_batch
 from cifarlab.train.resources import peak_memory_mb
 from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
-OUTPUT_BYTES = 16 * 2**20  # room for logs, metrics and what end-of-run hooks write (plots, HTML)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -83,13 +82,14 @@ class Trainer:
         self.mix = BatchMix(self.data.num_classes, **cfg.data.mix.model_dump())
         self.step_batch = self.batch_size * t.accumulate_steps  # images per optimizer step, per process
         self.optimizer = build_optimizer(cfg.optimizer, self.model, t.batch_size * t.accumulate_steps)
-        if dist.is_main:
-            self._check_free_space()
+        base_lr = scaled_for_batch(cfg.optimizer.lr, t.batch_size * t.accumulate_steps, cfg.optimizer.reference_batch_size)
+        if dist.is_main:  # refuse before training when the disk cannot hold the checkpoints; an EMA is one more copy
+            check_free_space(self.run.path, self.model, optimizer_states(cfg.optimizer) + (self.ema is not None))
         n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1) // dist.world
         self.steps_per_epoch = max(1, n // self.step_batch + (n % self.step_batch > 1))
-        self._epoch_t0 = None  # clock() when the running epoch started; None between epochs
+        self.train_seconds, self._epoch_t0 = 0.0, None  # training time so far; clock() at the running epoch's start
         self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs,
-                                         self.optimizer.param_groups[0]["lr"],
+                                         base_lr,
                                          self._budget_spent if cfg.schedule.fit_time_limit else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = self.model
@@ -98,7 +98,7 @@ class Trainer:
             self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:  # pays a one-off compilation for faster steps; worth it for long runs
             self.forward = torch.compile(self.forward)
-        self.epoch, self.history, self.train_seconds = 0, [], 0.0
+        self.epoch, self.history = 0, []
         self.best = {"val_accuracy": -1.0, "epoch": 0}
         if state is not None:
             self._restore(state)
@@ -309,16 +309,6 @@ class Trainer:
         return EpochBar(f"epoch {epoch}/{self.cfg.train.epochs}", self.steps_per_epoch)
 
     # ------------------------------------------------------------------ checkpoints
-    def _check_free_space(self) -> None:
-        """Refuse before training when the disk cannot hold the checkpoints (each write needs a temp copy)."""
-        # the EMA's average is one more copy of every weight in last.pt
-        best, last = checkpoint_bytes(self.model, optimizer_states(self.cfg.optimizer) + (self.ema is not None))
-        need = 2 * (best + last) + OUTPUT_BYTES
-        free = shutil.disk_usage(self.run.path).free
-        if free < need:
-            raise UserError(f"only {free / 2**20:.1f} MiB free on the disk of '{self.run.path}' but this run needs "
-                            f"about {need / 2**20:.1f} MiB for its checkpoints and outputs: free space or choose another --out")
-
     def _weights_state(self) -> dict:
         return {"model": self.model_spec, "classes": self.data.classes, "state_dict": self.eval_model.state_dict(),
                 "normalization": {"mean": self.data.mean, "std": self.data.std}, "epoch": self.epoch,
