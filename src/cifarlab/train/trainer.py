@@ -81,15 +81,15 @@ class Trainer:
         self.eval_model = self.ema.module if self.ema else self.model
         self.mix = BatchMix(self.data.num_classes, **cfg.data.mix.model_dump())
         self.step_batch = self.batch_size * t.accumulate_steps  # images per optimizer step, per process
-        self.optimizer = build_optimizer(cfg.optimizer, self.model, t.batch_size * t.accumulate_steps)
-        base_lr = scaled_for_batch(cfg.optimizer.lr, t.batch_size * t.accumulate_steps, cfg.optimizer.reference_batch_size)
+        step_images = t.batch_size * t.accumulate_steps  # per optimizer step, all processes: what LRs scale with
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, step_images)
         if dist.is_main:  # refuse before training when the disk cannot hold the checkpoints; an EMA is one more copy
             check_free_space(self.run.path, self.model, optimizer_states(cfg.optimizer) + (self.ema is not None))
         n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1) // dist.world
         self.steps_per_epoch = max(1, n // self.step_batch + (n % self.step_batch > 1))
         self.train_seconds, self._epoch_t0 = 0.0, None  # training time so far; clock() at the running epoch's start
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs,
-                                         base_lr,
+        base_lr = scaled_for_batch(cfg.optimizer.lr, step_images, cfg.optimizer.reference_batch_size)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs, base_lr,
                                          self._budget_spent if cfg.schedule.fit_time_limit else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = self.model
