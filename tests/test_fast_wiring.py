@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
 
 from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
 from cifarlab.data.augment import BatchTransform
@@ -15,6 +14,7 @@ from cifarlab.train.evaluate import evaluate_checkpoint
 from cifarlab.train.optim import build_optimizer, build_scheduler, lr_factor
 from cifarlab.train.rundir import read_metrics
 from cifarlab.train.trainer import Trainer, resume, train
+from conftest import tiny_overrides
 
 
 def quiet(_line):
