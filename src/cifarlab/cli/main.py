@@ -29,7 +29,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="number of epochs (with --resume: the new total)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate"),
-    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop | muon"),
     schedule: Optional[str] = typer.Option(None, help="constant | step | multistep | cosine | onecycle"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     seed: Optional[int] = typer.Option(None),

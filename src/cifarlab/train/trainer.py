@@ -195,7 +195,7 @@ class Trainer:
                 "images_per_second": seen / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(self.device)}
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch: (loss, logits), both still attached to the device.
+        """One optimizer step on a batch: (loss, logits), both on the device (the loss detached).
 
         The learning rate is the caller's business (the epoch loop steps the scheduler, the LR finder
         sets it), so every other detail of a step (precision, mixing, loss, scaling, clipping) is the same in both.
