@@ -126,7 +126,7 @@ def test_folder_tarball_trains_from_the_cli(cli, tmp_path):
 
 def test_eval_with_flip_tta(cli, trained):
     out, _ = trained
-    code, stdout, _ = cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--tta", "--json")
+    code, stdout, _ = cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--tta", "1", "--json")
     plain = json.loads(cli("eval", "--checkpoint", out, "--data", "sample", "--split", "val", "--json")[1].splitlines()[-1])
     tta = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]

@@ -84,7 +84,8 @@ def assert_checkpoints_whole(run: Path) -> None:
 
 
 def comparable(run: Path) -> tuple:
-    rows = [{k: v for k, v in r.items() if "second" not in k} for r in read_metrics(run / "metrics.csv")]
+    rows = [{k: v for k, v in r.items() if "second" not in k and "memory" not in k}  # measurements, not results
+            for r in read_metrics(run / "metrics.csv")]
     return rows, load_checkpoint(run / "last.pt")["state_dict"], load_checkpoint(run / "best.pt")["epoch"]
 
 

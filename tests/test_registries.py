@@ -125,8 +125,8 @@ def test_a_registered_schedule_trains(tmp_path, toy):
 
 
 @pytest.mark.parametrize("key, name, says", [
-    ("optimizer.name", "adm", "unknown optimizer 'adm': did you mean 'adam'? the optimizers are adam, adamw, rmsprop, sgd"),
-    ("optimizer.name", "lbfgs", "the optimizers are adam, adamw, rmsprop, sgd"),
+    ("optimizer.name", "adm", "unknown optimizer 'adm': did you mean 'adam'? the optimizers are adam, adamw, muon, rmsprop, sgd"),
+    ("optimizer.name", "lbfgs", "the optimizers are adam, adamw, muon, rmsprop, sgd"),
     ("schedule.name", "cosnie", "unknown schedule 'cosnie': did you mean 'cosine'? the schedules are constant, cosine, "
                                 "multistep, onecycle, step"),
 ])

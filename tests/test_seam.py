@@ -177,7 +177,7 @@ def test_training_eval_predict_and_export_normalise_alike(tmp_path, monkeypatch)
 
     seen = []
 
-    def capture(model, batches, device, precision="fp32", channels_last=False, tta_flip=False):
+    def capture(model, batches, device, precision="fp32", channels_last=False, tta_level=0):
         xs, ys = zip(*batches)
         seen.append(torch.cat(xs))
         return torch.zeros(len(seen[0]), 3), torch.cat(ys)

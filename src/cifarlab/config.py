@@ -47,16 +47,28 @@ class ColorJitterConfig(_Section):
 
 class AugmentConfig(_Section):
     crop_padding: int = Field(0, ge=0, le=32, description="random crop after zero-padding by this many pixels; 0 = off")
-    flip: bool = Field(False, description="random horizontal flip with probability 0.5")
+    flip: Literal[False, True, "alternate"] = Field(
+        False, description="random horizontal flip with probability 0.5; alternate: each image mirrored every other "
+                           "epoch, its first-epoch choice drawn from train.seed (airbench)")
     autoaugment: bool = Field(False, description="AutoAugment with the CIFAR-10 policy")
     color_jitter: ColorJitterConfig | None = None
     rotation: float = Field(0.0, ge=0, le=180, description="random rotation within +-degrees")
     cutout: int = Field(0, ge=0, description="zero a random square of this side; 0 = off")
     concat_original: bool = Field(False, description="each epoch sees every original image and an augmented copy")
+    crop_mode: Literal["zeros", "reflect"] = Field(
+        "zeros", description="how the random crop pads: zeros (black border) or reflect (a translation, as airbench)")
 
     @property
     def enabled(self) -> bool:
         return bool(self.crop_padding or self.flip or self.autoaugment or self.color_jitter or self.rotation or self.cutout)
+
+
+class MixConfig(_Section):
+    """Mixup / CutMix on each training batch (timm's names); both alphas 0 = off."""
+    mixup_alpha: float = Field(0.0, ge=0, description="Mixup's Beta(alpha, alpha); 0 = no Mixup")
+    cutmix_alpha: float = Field(0.0, ge=0, description="CutMix's Beta(alpha, alpha); 0 = no CutMix")
+    prob: float = Field(1.0, ge=0, le=1, description="chance that a batch is mixed at all")
+    switch_prob: float = Field(0.5, ge=0, le=1, description="with both alphas > 0: chance of CutMix rather than Mixup")
 
 
 class DataConfig(_Section):
@@ -67,6 +79,7 @@ class DataConfig(_Section):
     normalize: Literal["none", "half", "dataset"] | list[list[float]] = Field(
         "dataset", description="none, half (0.5/0.5), dataset (its mean/std), or [[means], [stds]]")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
 
     @field_validator("normalize")
     @classmethod
@@ -86,6 +99,13 @@ class OptimizerConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
+    no_decay_norm_and_bias: bool = Field(False, description="no weight decay on biases and normalisation weights")
+    norm_bias_lr_mult: float = Field(1.0, gt=0, description="normalisation biases learn at lr times this (airbench: 64)")
+    reference_batch_size: int | None = Field(
+        None, ge=1, description="the LRs are stated for this many images per step and scale linearly with the real one")
+    muon_aux: Literal["sgd", "adamw"] = Field("sgd", description="muon: the optimizer of biases, norms and the head")
+    muon_lr: float | None = Field(None, gt=0, description="muon: the LR of the matrices; default: lr")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="muon: momentum of the matrices (Nesterov)")
 
 
 class ScheduleConfig(_Section):
@@ -96,6 +116,14 @@ class ScheduleConfig(_Section):
     milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
     min_lr: float = Field(0.0, ge=0, description="cosine: the lr reached at the end")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
+    fit_time_limit: bool = Field(False, description="progress = training time spent / train.time_limit_minutes, so the "
+                                                    "schedule ends at the budget (not bit-reproducible: depends on speed)")
+
+
+class EMAConfig(_Section):
+    decay: float = Field(0.999, gt=0, lt=1, description="weight of the old average at each update")
+    warmup: bool = Field(True, description="a smaller decay early on, rising to `decay` (TF's num_updates)")
+    every: int = Field(1, ge=1, description="update every this many optimizer steps (with decay**every)")
 
 
 class TrainConfig(_Section):
@@ -111,9 +139,18 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     channels_last: bool = True
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits")
+    tta_level: Literal[0, 1, 2] | None = Field(
+        None, description="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts; default: 1 if tta_flip")
+    ema: EMAConfig | None = Field(None, description="evaluate and keep an exponential moving average of the weights")
+    accumulate_steps: int = Field(1, ge=1, description="micro-batches of batch_size per optimizer step")
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+
+    @property
+    def tta(self) -> int:
+        """The TTA level in force: tta_level if given, else 1 for tta_flip (the older key), else 0."""
+        return self.tta_level if self.tta_level is not None else int(self.tta_flip)
 
 
 class TrackConfig(_Section):
@@ -148,6 +185,15 @@ class ExperimentConfig(_Section):
         v = self.data.val_size
         if v >= 1 and v != int(v):
             raise ValueError("data.val_size must be a whole count (e.g. 5000) or a fraction below 1 (e.g. 0.1)")
+        return self
+
+    @model_validator(mode="after")
+    def _consistent_fast_options(self):
+        t = self.train
+        if t.tta_flip and t.tta_level == 0:
+            raise ValueError("train.tta_flip: true asks for mirror TTA but train.tta_level is 0: set only one of them")
+        if self.schedule.fit_time_limit and not t.time_limit_minutes:
+            raise ValueError("schedule.fit_time_limit needs train.time_limit_minutes (the budget the schedule ends at)")
         return self
 
     def to_dict(self) -> dict:

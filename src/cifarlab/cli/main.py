@@ -29,7 +29,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="number of epochs (with --resume: the new total)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
     lr: Optional[float] = typer.Option(None, "--lr", help="base learning rate"),
-    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw | rmsprop | muon"),
     schedule: Optional[str] = typer.Option(None, help="constant | step | multistep | cosine | onecycle"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
     seed: Optional[int] = typer.Option(None),
@@ -144,7 +144,8 @@ def evaluate(
     split: str = typer.Option("auto", help="auto (test if the dataset has one, else all) | test | val | train | all"),
     batch_size: int = typer.Option(1000, "--batch-size", min=1),
     device: str = typer.Option("auto"),
-    tta: bool = typer.Option(False, "--tta", help="average predictions over each image and its mirror image"),
+    tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
+                                      "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
@@ -152,7 +153,7 @@ def evaluate(
 
     res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta)
     say = _say(as_json)
-    say(f"{res['data']} [{res['split']}], {res['images']} images: accuracy {res['accuracy']:.2%}, "
+    say(f"{res['data']} [{res['split']}], {res['images']} images, TTA level {res['tta_level']}: accuracy {res['accuracy']:.2%}, "
         f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")
     for c, a in res["per_class_accuracy"].items():
         say(f"  accuracy of {c:>12}: {a:6.2%}")

@@ -128,12 +128,14 @@ def predict(
     images: List[Path] = typer.Argument(..., help="image files (any size; converted to RGB and resized)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
     top_k: int = typer.Option(3, "--top-k", min=1, help="how many classes to show per image"),
+    tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
+                                      "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Classify image files with a trained checkpoint: the top-k classes with their probabilities."""
     from cifarlab.report.predict import predict_files
 
-    results = predict_files(checkpoint, images, top_k)
+    results = predict_files(checkpoint, images, top_k, tta)
     say = _say(as_json)
     for r in results:
         say(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"]))

@@ -20,8 +20,10 @@ def build_augment(cfg: AugmentConfig, image_size: int) -> tuple[nn.Module | None
 
     before: list[nn.Module] = []
     if cfg.crop_padding:
-        before.append(K.RandomCrop((image_size, image_size), padding=cfg.crop_padding))
-    if cfg.flip:
+        # reflect: the padded border mirrors the image, so a crop is a translation with no black edge (airbench)
+        mode = "reflect" if cfg.crop_mode == "reflect" else "constant"
+        before.append(K.RandomCrop((image_size, image_size), padding=cfg.crop_padding, padding_mode=mode))
+    if cfg.flip is True:  # "alternate" is not random: the loader hands each batch its flips (alternate_flips)
         before.append(K.RandomHorizontalFlip(p=0.5))
     if cfg.rotation:
         before.append(K.RandomRotation(cfg.rotation, p=1.0))
@@ -45,9 +47,12 @@ class BatchTransform:
         self.normalize = Normalize(mean, std)
         self.before, self.after = build_augment(augment, image_size) if augment else (None, None)
 
-    def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None,
+                 flip: torch.Tensor | None = None) -> torch.Tensor:
         x = to_unit(xb)
         orig = x
+        if flip is not None:  # given per image (data.augment.flip: alternate)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if train and self.before is not None:
             x = self.before(x)
         x = self.normalize(x)
@@ -56,3 +61,12 @@ class BatchTransform:
         if keep_original is not None:  # "original + augmented copy": these rows stay un-augmented
             x = torch.where(keep_original.view(-1, 1, 1, 1), self.normalize(orig), x)
         return x
+
+
+def alternate_flips(base: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """airbench's alternating flip: image i is mirrored in epoch 1 if base[i], then every other epoch.
+
+    Over any two epochs the network sees each image both ways, where independent coin flips would
+    show a quarter of them one way only; the pattern is a function of (seed, epoch), so a resumed run
+    flips as the uninterrupted one did."""
+    return base[idx] ^ (epoch % 2 == 0)

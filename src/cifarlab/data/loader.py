@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cifarlab.config import DataConfig
-from cifarlab.data.augment import BatchTransform
+from cifarlab.data.augment import BatchTransform, alternate_flips
 from cifarlab.data.sources import load_dataset, read_rows
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
@@ -81,7 +81,7 @@ class Split:
 class PreparedData:
     """Train / validation / (test) splits on the device, with the batch transform that feeds the model."""
 
-    def __init__(self, cfg: DataConfig, device: torch.device, raw: RawDataset | None = None):
+    def __init__(self, cfg: DataConfig, device: torch.device, raw: RawDataset | None = None, seed: int = 0):
         raw = raw if raw is not None else load_dataset(cfg.dataset)
         self.classes = list(raw.classes)
         self.image_shape = raw.image_shape
@@ -100,6 +100,9 @@ class PreparedData:
         if raw.test_x is not None:
             self.test = Split(to(read_rows(raw.test_x, np.arange(len(raw.test_x)))), to(np.array(raw.test_y)))
         self.concat_original = cfg.augment.concat_original
+        self.flip_base = None  # data.augment.flip: alternate: which images are mirrored in epoch 1, from the seed
+        if cfg.augment.flip == "alternate":
+            self.flip_base = (torch.rand(len(self.train), generator=torch.Generator().manual_seed(seed)) < 0.5).to(device)
         self.transform = BatchTransform(torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device),
                                         cfg.augment, self.image_shape[-1])
 
@@ -107,9 +110,9 @@ class PreparedData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of augmented training batches; `rank`/`world` give each process its own share."""
+    def train_batches(self, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
+                      epoch: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch (numbered from 1) of augmented training batches; `rank`/`world` give each process its share."""
         n = len(self.train)
         order = torch.randperm(n, generator=generator)
         keep = None
@@ -125,7 +128,8 @@ class PreparedData:
             if len(idx) < 2:  # a batch of one breaks BatchNorm and teaches nothing
                 continue
             flag = keep[i:i + batch_size].to(idx.device) if keep is not None else None
-            yield self.transform(self.train.x[idx], train=True, keep_original=flag), self.train.y[idx]
+            flip = alternate_flips(self.flip_base, idx, epoch) if self.flip_base is not None else None
+            yield self.transform(self.train.x[idx], train=True, keep_original=flag, flip=flip), self.train.y[idx]
 
     def eval_batches(self, split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(split), batch_size):

@@ -28,8 +28,10 @@ class ConvGroup(nn.Module):
 
 
 class SpeedrunNet(nn.Module):
-    def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9):
+    def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9,
+                 freeze_whiten_bias_after=None):
         super().__init__()
+        self.freeze_whiten_bias_after = freeze_whiten_bias_after
         # 2x2 patch whitening: a fixed first layer that decorrelates pixels, set from the data
         self.whiten = nn.Conv2d(in_channels, whiten_width, 2, bias=True)
         self.whiten.weight.requires_grad_(False)
@@ -53,6 +55,12 @@ class SpeedrunNet(nn.Module):
         w = w.reshape(half, *self.whiten.weight.shape[1:]).to(self.whiten.weight.dtype)
         self.whiten.weight.copy_(torch.cat([w, -w]))  # both signs: GELU would otherwise drop half of each
 
+    def epoch_started(self, epoch: int) -> None:
+        """The trainer calls this before each epoch (numbered from 1). airbench trains the whitening bias for
+        a few epochs only: it settles early, and frozen it stops moving the whole network's input (steadier)."""
+        if self.freeze_whiten_bias_after is not None:
+            self.whiten.bias.requires_grad_(epoch <= self.freeze_whiten_bias_after)
+
     def forward(self, x):
         x = F.gelu(self.whiten(x))
         x = self.blocks(x)
@@ -61,9 +69,15 @@ class SpeedrunNet(nn.Module):
 
 
 @register_model("speedrun_net", family="speedrun")
-def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24):
-    """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy."""
+def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24,
+                 freeze_whiten_bias_after=None):
+    """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy.
+
+    freeze_whiten_bias_after: train the whitening layer's bias for this many epochs only (airbench: 3)."""
     widths = check_widths("widths", widths, what="positive channel counts such as [64, 256, 256]")
     if not is_whole(whiten_width, low=2) or whiten_width % 2:
         raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
-    return SpeedrunNet(num_classes, in_channels, widths, whiten_width)
+    if freeze_whiten_bias_after is not None and not is_whole(freeze_whiten_bias_after, low=0):
+        raise ValueError(f"freeze_whiten_bias_after must be a whole number of epochs (0 or more), "
+                         f"got {freeze_whiten_bias_after!r}")
+    return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after)

@@ -46,11 +46,15 @@ def normalise(x: torch.Tensor, ckpt: dict) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_files(checkpoint: str | Path, paths: list[str | Path], top_k: int = 3) -> list[dict]:
-    """For each image: its path and the top-k classes with their probabilities."""
+def predict_files(checkpoint: str | Path, paths: list[str | Path], top_k: int = 3, tta: int | None = None) -> list[dict]:
+    """For each image: its path and the top-k classes with their probabilities. `tta`: the TTA level
+    (0, 1, 2); default: the level the checkpoint's run validated with."""
+    from cifarlab.train.evaluate import checkpoint_tta
+    from cifarlab.train.tta import tta_logits
+
     ckpt, model = load_model(checkpoint)
     x = normalise(read_images(paths, ckpt["model"]["image_size"]), ckpt)
-    probs = model(x).float().softmax(1)
+    probs = tta_logits(model, x, checkpoint_tta(ckpt, tta)).float().softmax(1)
     p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
     classes = ckpt["classes"]
     return [{"image": str(path), "top": [{"class": classes[j], "probability": round(q, 6)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from cifarlab.fileio import atomic_write
 from cifarlab.models import build_model
 
 FORMAT = "cifarlab-checkpoint-1"
+OUTPUT_BYTES = 16 * 2**20  # room for logs, metrics and what end-of-run hooks write (plots, HTML)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -32,6 +34,16 @@ def checkpoint_bytes(model: nn.Module, optimizer_states: int) -> tuple[int, int]
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     return params + buffers, params * (1 + optimizer_states) + buffers
+
+
+def check_free_space(run_path: Path, model: nn.Module, optimizer_states: int) -> None:
+    """Refuse before training when the disk cannot hold the checkpoints (each write needs a temp copy)."""
+    best, last = checkpoint_bytes(model, optimizer_states)
+    need = 2 * (best + last) + OUTPUT_BYTES
+    free = shutil.disk_usage(run_path).free
+    if free < need:
+        raise UserError(f"only {free / 2**20:.1f} MiB free on the disk of '{run_path}' but this run needs "
+                        f"about {need / 2**20:.1f} MiB for its checkpoints and outputs: free space or choose another --out")
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -8,21 +8,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cifarlab.train.runtime import autocast
+from cifarlab.train.tta import tta_logits
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable, device: torch.device, precision: str = "fp32",
-            channels_last: bool = False, tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits as float32 on CPU, labels) over all batches; tta_flip averages with the mirrored images."""
+            channels_last: bool = False, tta_level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits as float32 on CPU, labels) over all batches; tta_level > 0 averages over views (train/tta.py)."""
     model.eval()
     logits, labels = [], []
     for xb, yb in batches:
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
-            out = model(xb)
-            if tta_flip:  # CIFAR classes are mirror-symmetric: a second view for free accuracy
-                out = (out + model(xb.flip(3))) / 2
+            out = tta_logits(model, xb, tta_level)
         logits.append(out.float().cpu())
         labels.append(yb.cpu())
     return torch.cat(logits), torch.cat(labels)
@@ -51,10 +50,19 @@ def full_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str])
     }
 
 
+def checkpoint_tta(ckpt: dict, tta: int | None = None) -> int:
+    """The TTA level to evaluate a checkpoint with: `tta` if given, else the level its run validated with."""
+    if tta is not None:
+        return tta
+    from cifarlab.config import validate_config
+    return validate_config(ckpt["config"]).train.tta if "config" in ckpt else 0
+
+
 def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", batch_size: int = 1000,
-                        device: str = "auto", tta_flip: bool = False) -> dict:
+                        device: str = "auto", tta: int | None = None) -> dict:
     """Evaluate a checkpoint on a dataset split: auto = the test split if the dataset has one, else all images;
-    val = the validation split the checkpoint's run carved (same seed and size)."""
+    val = the validation split the checkpoint's run carved (same seed and size). `tta`: the TTA level
+    (0, 1, 2); default: the level of the checkpoint's run, so eval reproduces the run's own numbers."""
     import numpy as np
 
     from cifarlab.config import validate_config
@@ -94,5 +102,6 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     data = Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.asarray(y)).to(dev))
     batches = ((normalize(to_unit(data.x[i:i + batch_size])), data.y[i:i + batch_size])
                for i in range(0, len(data), batch_size))
-    out = full_metrics(*predict(model, batches, dev, tta_flip=tta_flip), ckpt["classes"])
-    return {"checkpoint": str(checkpoint), "data": data_spec, "split": split, **out}
+    level = checkpoint_tta(ckpt, tta)
+    out = full_metrics(*predict(model, batches, dev, tta_level=level), ckpt["classes"])
+    return {"checkpoint": str(checkpoint), "data": data_spec, "split": split, "tta_level": level, **out}

@@ -26,6 +26,14 @@ def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]
     return matrices, rest
 
 
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """A (out, rest) view of a kernel in its memory order: a channels_last kernel is viewed as (out, kh*kw*in),
+    a permutation of the columns, which Newton-Schulz orthogonalisation carries through unchanged."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)
+    return t.view(t.shape[0], -1)
+
+
 class MuonWithAuxiliary(torch.optim.Optimizer):
     """One optimizer object (for LR schedulers, GradScaler and checkpoints) over two torch optimizers.
 
@@ -39,10 +47,10 @@ class MuonWithAuxiliary(torch.optim.Optimizer):
         for g in muon_groups:
             views = []
             for p in g["params"]:
-                view = p.detach().view(p.shape[0], -1)  # same storage: Muon's in-place update moves p
+                view = _matrix(p.detach())  # same storage: Muon's in-place update moves p
                 # the gradient reaches the view as soon as it is accumulated, so GradScaler's unscale_
                 # and clipping (which act on the groups' tensors) see it before the step
-                p.register_post_accumulate_grad_hook(lambda q, v=view: setattr(v, "grad", q.grad.view(v.shape)))
+                p.register_post_accumulate_grad_hook(lambda q, v=view: setattr(v, "grad", _matrix(q.grad)))
                 self._views.append((p, view))
                 views.append(view)
             groups.append({**g, "params": views})

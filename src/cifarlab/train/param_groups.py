@@ -18,12 +18,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay_norm
     """Groups for torch.optim: `decay` (weights), `no_decay` (other biases, norm weights), `norm_bias`.
 
     With the defaults this is one group holding every parameter, as `model.parameters()` would be."""
-    decay, no_decay, norm_bias = [], [], []
+    decay, no_decay, norm_bias, seen = [], [], [], set()
     for module in model.modules():
         is_norm = isinstance(module, NORM_LAYERS)
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
+            # frozen parameters stay in (torch skips a parameter without a gradient), so the default
+            # groups hold exactly model.parameters() and old checkpoints' optimizer states still load
+            if id(p) in seen:
                 continue
+            seen.add(id(p))
             if is_norm and name == "bias" and norm_bias_lr_mult != 1.0:
                 norm_bias.append(p)
             elif no_decay_norm_and_bias and (is_norm or name == "bias" or p.ndim <= 1):

@@ -23,7 +23,7 @@ from cifarlab.errors import UserError, WriteFailed
 from cifarlab.fileio import atomic_write_text, remove_stale_temps
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                  "epoch_seconds", "train_seconds", "images_per_second"]
+                  "epoch_seconds", "train_seconds", "images_per_second", "peak_memory_mb"]
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:

@@ -69,10 +69,22 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int,
     return rise * entry.factor(cfg, at)
 
 
+def time_step(fraction: float, steps_per_epoch: int, epochs: int) -> int:
+    """The virtual step at `fraction` of a time budget spent: the schedule's whole curve is laid over the budget."""
+    total = max(1, steps_per_epoch * epochs)
+    return min(total, int(fraction * total))
+
+
 def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int,
-                    base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+                    base_lr: float, budget_spent: Callable[[], float] | None = None
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    """`budget_spent` (with cfg.fit_time_limit): a function giving the fraction of the time budget used so far;
+    the curve then follows it instead of the step count (ending its decay when the budget is spent)."""
     import torch
     SCHEDULES.get(cfg.name)  # an unknown name fails here, not at the first step
+    if budget_spent is not None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
+            cfg, time_step(budget_spent(), steps_per_epoch, epochs), steps_per_epoch, epochs, base_lr))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, epochs, base_lr))
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,19 +20,22 @@ import yaml
 
 from cifarlab.config import ExperimentConfig, set_key, validate_config
 from cifarlab.data.loader import PreparedData
+from cifarlab.data.mix import BatchMix
 from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
 from cifarlab.models import build_model, count_parameters
 from cifarlab.fileio import atomic_write_text
 from cifarlab.train.callbacks import CallbackLike, as_callbacks
-from cifarlab.train.checkpoint import checkpoint_bytes, load_checkpoint, load_weights, save_checkpoint
+from cifarlab.train.checkpoint import check_free_space, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist, from_env
+from cifarlab.train.ema import WeightEMA
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
+from cifarlab.train.param_groups import scaled_for_batch
+from cifarlab.train.resources import peak_memory_mb
 from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
-OUTPUT_BYTES = 16 * 2**20  # room for logs, metrics and what end-of-run hooks write (plots, HTML)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -40,6 +43,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Trainer:
+    clock = staticmethod(time.perf_counter)  # what training time is measured with (a test can fake it)
+
     def __init__(self, cfg: ExperimentConfig, run: RunDir, log: Callable[[str], None] = print,
                  progress: bool = False, state: dict | None = None, callbacks: Sequence[CallbackLike] = (),
                  dist: Dist = Dist()):
@@ -59,7 +64,7 @@ class Trainer:
                             "each needs at least one image per step")
         self.batch_size = t.batch_size // dist.world  # per process: the global batch stays train.batch_size
         self.precision = resolve_precision(t.precision, self.device)
-        self.data = PreparedData(cfg.data, self.device)
+        self.data = PreparedData(cfg.data, self.device, seed=t.seed)
         c, h, _ = self.data.image_shape
         self.model_spec = {"name": cfg.model.name, "options": dict(cfg.model.options),
                            "num_classes": self.data.num_classes, "in_channels": c, "image_size": h}
@@ -70,12 +75,22 @@ class Trainer:
             self.model.init_from_data(self.data.transform(self.data.train.x[:5000], train=False))
         if t.channels_last:  # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
-        if dist.is_main:
-            self._check_free_space()
+        # the weights to validate and keep: an average of the recent steps (train.ema) or the model itself;
+        # made before the optimizer, so the copy carries none of its gradient hooks (Muon's)
+        self.ema = WeightEMA(self.model, t.ema.decay, t.ema.warmup, t.ema.every) if t.ema else None
+        self.eval_model = self.ema.module if self.ema else self.model
+        self.mix = BatchMix(self.data.num_classes, **cfg.data.mix.model_dump())
+        self.step_batch = self.batch_size * t.accumulate_steps  # images per optimizer step, per process
+        step_images = t.batch_size * t.accumulate_steps  # per optimizer step, all processes: what LRs scale with
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, step_images)
+        if dist.is_main:  # refuse before training when the disk cannot hold the checkpoints; an EMA is one more copy
+            check_free_space(self.run.path, self.model, optimizer_states(cfg.optimizer) + (self.ema is not None))
         n = len(self.data.train) * (2 if cfg.data.augment.concat_original else 1) // dist.world
-        self.steps_per_epoch = max(1, n // self.batch_size + (n % self.batch_size > 1))
-        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs, cfg.optimizer.lr)
+        self.steps_per_epoch = max(1, n // self.step_batch + (n % self.step_batch > 1))
+        self.train_seconds, self._epoch_t0 = 0.0, None  # training time so far; clock() at the running epoch's start
+        base_lr = scaled_for_batch(cfg.optimizer.lr, step_images, cfg.optimizer.reference_batch_size)
+        self.scheduler = build_scheduler(cfg.schedule, self.optimizer, self.steps_per_epoch, t.epochs, base_lr,
+                                         self._budget_spent if cfg.schedule.fit_time_limit else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.forward = self.model
         if dist.active:
@@ -83,7 +98,7 @@ class Trainer:
             self.forward = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile:  # pays a one-off compilation for faster steps; worth it for long runs
             self.forward = torch.compile(self.forward)
-        self.epoch, self.history, self.train_seconds = 0, [], 0.0
+        self.epoch, self.history = 0, []
         self.best = {"val_accuracy": -1.0, "epoch": 0}
         if state is not None:
             self._restore(state)
@@ -112,11 +127,11 @@ class Trainer:
         t = self.cfg.train
         wall0, stop_reason, chance_streak = time.time(), None, 0
         for epoch in range(self.epoch + 1, t.epochs + 1):
-            epoch0 = time.perf_counter()
+            epoch0 = self.clock()
             row = self._train_epoch(epoch)
             self.dist.sync_buffers(self.model)  # every rank then evaluates the same model
             val_loss, val_acc = loss_and_accuracy(*self._predict(self.data.val))
-            row.update(val_loss=val_loss, val_accuracy=val_acc, epoch_seconds=time.perf_counter() - epoch0)
+            row.update(val_loss=val_loss, val_accuracy=val_acc, epoch_seconds=self.clock() - epoch0)
             improved = val_acc > self.best["val_accuracy"]
             if improved:
                 self.best = {"val_accuracy": val_acc, "epoch": epoch}
@@ -145,15 +160,20 @@ class Trainer:
         t = self.cfg.train
         torch.manual_seed(_epoch_seed(t.seed, epoch))  # augmentation and dropout randomness
         order = torch.Generator().manual_seed(_epoch_seed(t.seed, epoch))
+        if hasattr(self.model, "epoch_started"):  # e.g. speedrun_net freezing its whitening bias after N epochs
+            self.model.epoch_started(epoch)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, t0 = 0, time.perf_counter()
+        seen, t0 = 0, self.clock()
+        self._epoch_t0 = t0
         bar = self._progress_bar(epoch)
-        batches = self.data.train_batches(self.batch_size, order, self.dist.rank, self.dist.world)
+        batches = self.data.train_batches(self.step_batch, order, self.dist.rank, self.dist.world, epoch)
         for i, (xb, yb) in enumerate(batches):
             loss, logits = self.train_step(xb, yb)
             self.scheduler.step()
+            if self.ema:
+                self.ema.update(self.model)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
@@ -161,32 +181,46 @@ class Trainer:
                 self._check_finite(self.dist.sum(loss_sum.clone()), epoch)
                 if bar:
                     bar.update(i + 1, loss=loss_sum.item() / seen)
-                if self.dist.any(self._out_of_time(time.perf_counter() - t0), self.device):
+                if self.dist.any(self._out_of_time(self.clock() - t0), self.device):
                     break
         if bar:
             bar.close()
         totals = self.dist.sum(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)]))
         loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         self._check_finite(loss_sum, epoch)
-        seconds = time.perf_counter() - t0
-        self.train_seconds += seconds
+        seconds = self.clock() - t0
+        self.train_seconds, self._epoch_t0 = self.train_seconds + seconds, None
         return {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
                 "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
-                "images_per_second": seen / max(seconds, 1e-9)}
+                "images_per_second": seen / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(self.device)}
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch: (loss, logits), both still attached to the device.
+        """One optimizer step on a batch: (loss, logits), both on the device (the loss detached).
 
         The learning rate is the caller's business (the epoch loop steps the scheduler, the LR finder
-        sets it), so every other detail of a step (precision, loss, scaling, clipping) is the same in both."""
+        sets it), so every other detail of a step (precision, mixing, loss, scaling, clipping) is the same in both.
+        The batch goes through the model in micro-batches of at most train.batch_size images (per process):
+        with train.accumulate_steps N, a step of N of them adds up their gradients, a big batch in small memory."""
         t = self.cfg.train
         if t.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            logits = self.forward(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=t.label_smoothing)
+        target = yb
+        if self.mix.enabled:  # Mixup/CutMix: mixed images, soft targets (train accuracy still counts the true labels)
+            xb, target = self.mix(xb, yb)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        micro = list(zip(xb.split(self.batch_size), target.split(self.batch_size)))
+        loss, logits = 0.0, []
+        for k, (x, y) in enumerate(micro):
+            # DDP all-reduces the gradients once per step, at the last micro-batch, not after each one
+            quiet = self.forward.no_sync() if self.dist.active and k < len(micro) - 1 else nullcontext()
+            with quiet:
+                with autocast(self.device, self.precision):
+                    out = self.forward(x)
+                    # weighted by its share of the batch: the micro-batches' gradients sum to the batch mean's
+                    part = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing) * (len(x) / len(xb))
+                self.scaler.scale(part).backward()
+            loss, logits = loss + part.detach(), logits + [out]
+        logits = logits[0] if len(logits) == 1 else torch.cat(logits)
         if t.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -198,7 +232,7 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         best = load_checkpoint(self.run.best)  # select on validation: sum up the best epoch's weights
-        load_weights(self.model, best["state_dict"], str(self.run.best))
+        load_weights(self.eval_model, best["state_dict"], str(self.run.best))
         val = full_metrics(*self._predict(self.data.val), self.data.classes)
         test = full_metrics(*self._predict(self.data.test), self.data.classes) if self.data.test is not None else None
         images = sum(r["images_per_second"] * r["train_seconds"] for r in self.history)
@@ -234,8 +268,13 @@ class Trainer:
 
     def _predict(self, split):
         t = self.cfg.train
-        return predict(self.model, self.data.eval_batches(split, t.eval_batch_size), self.device, self.precision,
-                       t.channels_last, t.tta_flip)
+        return predict(self.eval_model, self.data.eval_batches(split, t.eval_batch_size), self.device, self.precision,
+                       t.channels_last, t.tta)
+
+    def _budget_spent(self) -> float:
+        """The fraction of train.time_limit_minutes spent training so far (schedule.fit_time_limit's clock)."""
+        running = self.clock() - self._epoch_t0 if self._epoch_t0 is not None else 0.0
+        return (self.train_seconds + running) / (self.cfg.train.time_limit_minutes * 60)
 
     def _out_of_time(self, running: float = 0.0) -> bool:
         limit = self.cfg.train.time_limit_minutes
@@ -261,7 +300,7 @@ class Trainer:
         return (f"epoch {r['epoch']:>{width}}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
                 f"acc {r['train_accuracy']:6.2%}  val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}"
                 f"{' *' if improved else '  '}  lr {r['lr']:.2e}  {r['epoch_seconds']:.1f}s  "
-                f"{r['images_per_second']:.0f} img/s")
+                f"{r['images_per_second']:.0f} img/s  {r['peak_memory_mb']:.0f} MiB peak")
 
     def _progress_bar(self, epoch: int):
         if not self.progress:
@@ -270,17 +309,8 @@ class Trainer:
         return EpochBar(f"epoch {epoch}/{self.cfg.train.epochs}", self.steps_per_epoch)
 
     # ------------------------------------------------------------------ checkpoints
-    def _check_free_space(self) -> None:
-        """Refuse before training when the disk cannot hold the checkpoints (each write needs a temp copy)."""
-        best, last = checkpoint_bytes(self.model, optimizer_states(self.cfg.optimizer))
-        need = 2 * (best + last) + OUTPUT_BYTES
-        free = shutil.disk_usage(self.run.path).free
-        if free < need:
-            raise UserError(f"only {free / 2**20:.1f} MiB free on the disk of '{self.run.path}' but this run needs "
-                            f"about {need / 2**20:.1f} MiB for its checkpoints and outputs: free space or choose another --out")
-
     def _weights_state(self) -> dict:
-        return {"model": self.model_spec, "classes": self.data.classes, "state_dict": self.model.state_dict(),
+        return {"model": self.model_spec, "classes": self.data.classes, "state_dict": self.eval_model.state_dict(),
                 "normalization": {"mean": self.data.mean, "std": self.data.std}, "epoch": self.epoch,
                 "val_accuracy": self.history[-1]["val_accuracy"], "config": self.cfg.to_dict()}
 
@@ -290,7 +320,9 @@ class Trainer:
         weights = self._weights_state()
         if improved:  # best.pt before last.pt: last.pt commits the epoch, so a kill between the two
             save_checkpoint(self.run.best, weights)  # replays an epoch that rewrites the same best.pt
-        save_checkpoint(self.run.last, {**weights, "optimizer": self.optimizer.state_dict(),
+        # last.pt resumes training: the trained weights themselves, and the EMA's average beside them
+        extra = {"state_dict": self.model.state_dict(), "ema": self.ema.state_dict()} if self.ema else {}
+        save_checkpoint(self.run.last, {**weights, **extra, "optimizer": self.optimizer.state_dict(),
                                         "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                                         "history": self.history, "best": self.best, "train_seconds": self.train_seconds})
         self.run.write_metrics(self.history)
@@ -300,6 +332,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema and "ema" in state:  # a run that turns EMA on when extended starts its average there
+            self.ema.load_state_dict(state["ema"])
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.train_seconds = dict(state["best"]), state["train_seconds"]
 
