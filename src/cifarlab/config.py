@@ -31,20 +31,31 @@ def _registered(registry: Registry) -> AfterValidator:
     return AfterValidator(check)
 
 
+# Upper bounds of the numbers a user gives: far beyond any sane run, low enough that nothing downstream
+# (torch, numpy, the OS) crashes, hangs or allocates without end on them. One place, so every path in
+# (YAML, --set, flags, study spaces) is checked the same way.
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_THREADS = 256  # torch.set_num_threads(100000) segfaults
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_IMAGES = 10**9
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key must fail loudly, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no float option is meaningful at nan or infinity (lr: inf passed gt=0).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
-    name: str = "tutorial_cnn"
+    name: str = Field("tutorial_cnn", max_length=100)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ColorJitterConfig(_Section):
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=10)
+    saturation: float = Field(0.0, ge=0, le=10)
     hue: float = Field(0.0, ge=0, le=0.5)
 
 
@@ -54,7 +65,7 @@ class AugmentConfig(_Section):
     autoaugment: bool = Field(False, description="AutoAugment with the CIFAR-10 policy")
     color_jitter: ColorJitterConfig | None = None
     rotation: float = Field(0.0, ge=0, le=180, description="random rotation within +-degrees")
-    cutout: int = Field(0, ge=0, description="zero a random square of this side; 0 = off")
+    cutout: int = Field(0, ge=0, le=1024, description="zero a random square of this side; 0 = off")
     concat_original: bool = Field(False, description="each epoch sees every original image and an augmented copy")
 
     @property
@@ -63,10 +74,10 @@ class AugmentConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = Field("sample", description=spec_help())
-    val_size: float = Field(0.1, gt=0, description="validation images carved from train: a count, or a fraction < 1")
-    split_seed: int = 0
-    train_limit: int | None = Field(None, ge=1, description="train on a stratified subset of this many images")
+    dataset: str = Field("sample", max_length=4096, description=spec_help())
+    val_size: float = Field(0.1, gt=0, le=MAX_IMAGES, description="validation images carved from train: a count, or a fraction < 1")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    train_limit: int | None = Field(None, ge=1, le=MAX_IMAGES, description="train on a stratified subset of this many images")
     normalize: Literal["none", "half", "dataset"] | list[list[float]] = Field(
         "dataset", description="none, half (0.5/0.5), dataset (its mean/std), or [[means], [stds]]")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -75,48 +86,48 @@ class DataConfig(_Section):
     @classmethod
     def _two_lists(cls, v):
         if isinstance(v, list):
-            if len(v) != 2 or len(v[0]) != len(v[1]) or any(s <= 0 for s in v[1]):
+            if len(v) != 2 or len(v[0]) != len(v[1]) or not 1 <= len(v[0]) <= 4 or any(s <= 0 for s in v[1]):
                 raise ValueError("give [[mean per channel], [std per channel]] with positive stds")
         return v
 
 
 class OptimizerConfig(_Section):
     name: Annotated[str, _registered(OPTIMIZERS)] = Field("sgd", description=OPTIMIZERS.listing(" | "))
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, le=1000)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD and RMSprop only")
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1)
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
 
 
 class ScheduleConfig(_Section):
     name: Annotated[str, _registered(SCHEDULES)] = Field("constant", description=SCHEDULES.listing(" | "))
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
-    step_size: int = Field(30, ge=1, description="step: multiply by gamma every step_size epochs")
-    gamma: float = Field(0.1, gt=0)
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
-    min_lr: float = Field(0.0, ge=0, description="cosine: the lr reached at the end")
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description="linear warm-up from 0 to lr over this many epochs")
+    step_size: int = Field(30, ge=1, le=MAX_EPOCHS, description="step: multiply by gamma every step_size epochs")
+    gamma: float = Field(0.1, gt=0, le=100)
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(default_factory=list, max_length=1000, description="multistep: epochs at which lr *= gamma")
+    min_lr: float = Field(0.0, ge=0, le=1000, description="cosine: the lr reached at the end")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    seed: int = 0
-    time_limit_minutes: float | None = Field(None, gt=0, description="stop when this much training time is spent")
-    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val accuracy")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    time_limit_minutes: float | None = Field(None, gt=0, le=10**7, description="stop when this much training time is spent")
+    early_stopping_patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="stop after this many epochs without a better val accuracy")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm to this value")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     channels_last: bool = True
     tta_flip: bool = Field(False, description="evaluate on each image and its mirror image, averaging the logits")
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads for torch; default: all cores")
 
 
 class ReportedFigure(_Section):
@@ -128,8 +139,8 @@ class ReportedFigure(_Section):
 
 
 class ExperimentConfig(_Section):
-    name: str = "run"
-    description: str = ""
+    name: str = Field("run", max_length=200)
+    description: str = Field("", max_length=10_000)
     reported: ReportedFigure | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -171,6 +182,27 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def short(value: Any, limit: int = 60, plain: bool = False) -> str:
+    """A value quoted in a message: its repr (or text), cut to `limit` characters. A message never repeats
+    a whole user value (a list of a million items, a YAML bomb's expansion)."""
+    text = str(value) if plain else _bounded_repr(value, limit)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    # repr() of a huge nested value would cost its whole size before being cut
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    if isinstance(value, (list, tuple)):
+        return ("[" if isinstance(value, list) else "(") + ", ".join(_bounded_repr(v, limit) for v in value[:limit]) + (
+            "]" if isinstance(value, list) else ")")
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_bounded_repr(k, limit)}: {_bounded_repr(v, limit)}" for k, v in list(value.items())[:limit]) + "}"
+    if isinstance(value, str) and len(value) > 4 * limit:
+        value = value[: 4 * limit]
+    return repr(value)
+
+
 def _explain(err: ValidationError) -> str:
     e = err.errors()[0]
     where = ".".join(str(p) for p in e["loc"])
@@ -181,8 +213,8 @@ def _explain(err: ValidationError) -> str:
     got = e.get("input")
     msg = e["msg"].removeprefix("Value error, ")
     said = isinstance(got, str) and repr(got) in msg  # e.g. "unknown optimizer 'adm'": once is enough
-    got_s = "" if isinstance(got, dict) or said else f" (got {got!r})"
-    return f"config key '{where}': {msg}{got_s}" if where else f"config: {msg}"
+    got_s = "" if isinstance(got, dict) or said else f" (got {short(got)})"
+    return f"config key '{where[:120]}': {short(msg, 300, plain=True)}{got_s}" if where else f"config: {short(msg, 300, plain=True)}"
 
 
 def validate_config(raw: Any) -> ExperimentConfig:
@@ -207,9 +239,46 @@ def list_recipes() -> dict[str, dict]:
     return out
 
 
+MAX_YAML_ALIASES = 8  # a config needs none; nested aliases ("billion laughs") expand 463 bytes into gigabytes
+MAX_YAML_BYTES = 1 << 20
+
+
+class YAMLTooComplex(yaml.YAMLError):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses more than MAX_YAML_ALIASES alias uses: nested aliases expand exponentially."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YAMLTooComplex(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The one YAML parser of user files (configs, study files, a run's config.yaml, --set values):
+    safe (no Python objects), at most 1 MiB, and at most a few aliases. Errors are one line naming `where`."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{where} is {len(text) / 2**20:.1f} MiB of YAML, more than any config needs "
+                        f"(limit {MAX_YAML_BYTES // 2**20} MiB): check the file")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader)
+    except YAMLTooComplex as err:
+        raise UserError(f"{where} uses {err}, which can expand without bound: write the values out") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply: check the file") from None
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -279,7 +348,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise UserError(f"--set takes KEY=VALUE (e.g. --set train.epochs=5), got '{text}'")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+        return key.strip(), load_yaml(value, f"--set {key.strip()[:60]}") if value.strip() else ""
     except yaml.YAMLError:
         return key.strip(), value
 
