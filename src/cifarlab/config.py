@@ -15,7 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cifarlab.data.registry import spec_help
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
 from cifarlab.registry import Registry
 # These two registries are torch-free (their entries import torch when they build), so checking names is cheap.
 from cifarlab.train.optimizers import OPTIMIZERS
@@ -180,27 +180,6 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
             if isinstance(sub, type) and issubclass(sub, BaseModel):
                 keys += _known_keys(sub, prefix + name + ".")
     return keys
-
-
-def short(value: Any, limit: int = 60, plain: bool = False) -> str:
-    """A value quoted in a message: its repr (or text), cut to `limit` characters. A message never repeats
-    a whole user value (a list of a million items, a YAML bomb's expansion)."""
-    text = str(value) if plain else _bounded_repr(value, limit)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _bounded_repr(value: Any, limit: int) -> str:
-    # repr() of a huge nested value would cost its whole size before being cut
-    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
-        return f"<{type(value).__name__} of {len(value)} items>"
-    if isinstance(value, (list, tuple)):
-        return ("[" if isinstance(value, list) else "(") + ", ".join(_bounded_repr(v, limit) for v in value[:limit]) + (
-            "]" if isinstance(value, list) else ")")
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_bounded_repr(k, limit)}: {_bounded_repr(v, limit)}" for k, v in list(value.items())[:limit]) + "}"
-    if isinstance(value, str) and len(value) > 4 * limit:
-        value = value[: 4 * limit]
-    return repr(value)
 
 
 def _explain(err: ValidationError) -> str:

@@ -10,9 +10,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
 from cifarlab.registry import Registry
 
 
@@ -25,6 +26,8 @@ class ModelEntry:
 
 
 MODELS: Registry[ModelEntry] = Registry("model", listed_by="cifarlab models")
+MAX_PARAMETERS = 2**28
+MAX_CLASSES = 100_000
 
 
 def register_model(name: str | None = None, family: str = ""):
@@ -55,10 +58,33 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
     if unknown:
         allowed = [k for k in params if k not in ("num_classes", "in_channels", "image_size")]
         raise UserError(f"model '{name}' has no option '{unknown[0]}': its options are {', '.join(allowed) or 'none'}")
+    for what, value, high in (("num_classes", num_classes, MAX_CLASSES), ("in_channels", in_channels, 64),
+                              ("image_size", image_size, 4096)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise UserError(f"model '{name}': {what} must be a whole number from 1 to {high}, got {short(value)}")
     try:
+        _check_parameter_count(entry, name, num_classes, in_channels, image_size, options)
         return entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
-    except (TypeError, ValueError, RuntimeError) as err:  # torch raises RuntimeError for impossible layer shapes
-        raise UserError(f"model '{name}' cannot be built with {options or 'default options'}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:  # RuntimeError: impossible layer shapes
+        raise UserError(f"model '{name}' cannot be built with {short(options) if options else 'default options'}: "
+                        f"{short(err, 300, plain=True)}") from None
+
+
+def _check_parameter_count(entry: ModelEntry, name: str, num_classes, in_channels, image_size, options) -> None:
+    """Build the model on torch's meta device first (shapes only, no memory): options that would allocate
+    gigabytes are refused in one line instead of exhausting memory. A factory that cannot build on the meta
+    device is simply built for real."""
+    try:
+        with torch.device("meta"):
+            model = entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
+        n = count_parameters(model)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001  (the real build below reports what is wrong)
+        return
+    if n > MAX_PARAMETERS:
+        raise UserError(f"model '{name}' with {short(options) if options else 'default options'} has {n:,} parameters, "
+                        f"more than {MAX_PARAMETERS:,} (1 GiB of weights): choose smaller widths or fewer layers")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
