@@ -93,7 +93,7 @@ class DataConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Annotated[str, _registered(OPTIMIZERS)] = Field("sgd", description=OPTIMIZERS.listing(" | "))
-    lr: float = Field(0.01, gt=0, le=1000)
+    lr: float = Field(0.01, gt=0, le=1e10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD and RMSprop only")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0, le=100)

@@ -32,7 +32,7 @@ def is_whole(value, low: int = 1, high: int = MAX_WHOLE) -> bool:
 def check_whole(name: str, value, low: int = 1, high: int = MAX_WHOLE) -> int:
     """`value` if it is a whole number in [low, high], else a ValueError naming `name`."""
     if not is_whole(value, low, high):
-        raise ValueError(f"{name} must be a whole number from {low} to {high}, got {short(value)}")
+        raise ValueError(f"{name} must be a whole number >= {low} (at most {high}), got {short(value)}")
     return value
 
 
