@@ -287,3 +287,16 @@ time.sleep(120)
             pytest.fail("the child outlived its parent")
     finally:
         parent.kill()
+
+
+@pytest.mark.parametrize("damage", ["one class", "latin-1 words", "binary wnids"])
+def test_tiny_imagenet_with_odd_metadata_is_one_line(cli, tmp_path, damage):
+    from conftest import write_tinyimagenet
+    if damage == "one class":
+        root = write_tinyimagenet(tmp_path, wnids=("n01443537",))
+    else:
+        root = write_tinyimagenet(tmp_path)
+        name = "words.txt" if damage == "latin-1 words" else "wnids.txt"
+        (root / name).write_bytes((root / name).read_bytes() + "caf\xe9\n".encode("latin-1") + b"\xff\xfe\x00")
+    one_line(*cli("train", "--data", f"tinyimagenet:{root}", "--out", tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
