@@ -55,9 +55,10 @@ class WriteFailed(UserError):
         return cls(path, err.strerror or str(err))
 
 
-class Interrupted(UserError):
+class Interrupted(UserError, KeyboardInterrupt):
     """Ctrl-C (or SIGTERM turned into KeyboardInterrupt) stopped a run; its checkpoints up to `epoch` are intact.
-    The CLI prints the message on one line and exits 130."""
+    The CLI prints the message on one line and exits 130. Still a KeyboardInterrupt, so callers that stop on
+    Ctrl-C (a study's trial loop, a script) keep doing so."""
 
     exit_code = 130
 
@@ -68,3 +69,10 @@ class Interrupted(UserError):
         else:
             super().__init__(f"interrupted before the first epoch ended; nothing to resume in {run_dir}: "
                              "start the run again with another --out")
+
+
+class InterruptedExit(UserError):
+    """What the CLI raises for an `Interrupted` run: not a KeyboardInterrupt, so click does not swallow it
+    into its own generic "Aborted"; printed as `cifarlab: <message>` with exit code 130."""
+
+    exit_code = 130

@@ -15,7 +15,7 @@ import typer
 from typer.exceptions import TyperException
 
 from cifarlab.data.registry import spec_help
-from cifarlab.errors import CifarlabWarning, Interrupted, UserError, short
+from cifarlab.errors import CifarlabWarning, Interrupted, InterruptedExit, UserError, short
 
 from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
 
@@ -68,13 +68,16 @@ def train(
         callbacks.append(TensorBoardCallback())
     if resume is not None and (recipe or config or out):
         raise UserError("--resume continues a run with its own config: drop --recipe/--config/--out")
-    if nproc > 1:
-        summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
-    elif resume is not None:
-        summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
-    else:
-        cfg = load_config(recipe, config, overrides)
-        summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    try:
+        if nproc > 1:
+            summary = _train_processes(nproc, recipe, config, overrides, out, resume, show_bar, as_json, callbacks)
+        elif resume is not None:
+            summary = resume_run(resume, overrides, log=say, progress=show_bar, callbacks=callbacks)
+        else:
+            cfg = load_config(recipe, config, overrides)
+            summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
+    except Interrupted as err:  # a KeyboardInterrupt too, which click would swallow into its own "Aborted"
+        raise InterruptedExit(str(err)) from None
     if as_json:
         emit_json(summary)
 
@@ -217,7 +220,7 @@ def run(argv: list[str] | None = None) -> int:
             return _fail(interrupted, 130, as_json, "cifarlab: ")
         if isinstance(code, int) and code:
             return code
-    except Interrupted as err:  # names the run directory and the --resume command
+    except (Interrupted, InterruptedExit) as err:  # names the run directory and the --resume command
         return _fail(str(err), err.exit_code, as_json, "cifarlab: ")
     except UserError as err:
         return _fail(str(err), err.exit_code, as_json)
