@@ -45,7 +45,7 @@ def run_dir(tmp_path_factory):
 
 # ---------------------------------------------------------------- files lost or overwritten
 
-@pytest.mark.parametrize("target", ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "notes.pt",
+@pytest.mark.parametrize("target", ["last.pt", "best.pt", "config.yaml", "metrics.csv", "summary.json", "train.log",
                                     ".lock", "tb/x.onnx"])
 def test_export_never_writes_over_a_run(cli, run_dir, target):
     before = digest(run_dir)

@@ -130,7 +130,7 @@ def check_output_file(path: str | Path, owner: str | Path | None = None) -> Path
         raise UserError(f"cannot write '{path}': '{parent}' is a file, not a folder")
     run = parent if is_run_dir(parent) else _enclosing_run(parent)
     if run is not None and not _same(run, owner) and (
-            run != parent or path.name in RUN_RECORD or path.suffix == ".pt" or path.name.startswith(".")):
+            run != parent or path.name in RUN_RECORD or path.name.startswith(".")):
         raise UserError(f"'{path}' would overwrite part of run '{run}' (its checkpoints and record belong to "
                         "that run): write somewhere else with -o/--out")
     if path.exists() and not path.is_file():
@@ -150,10 +150,10 @@ def check_output_dir(path: str | Path, owner: str | Path | None = None, create: 
         if is_run_dir(d) and not _same(d, owner):
             raise UserError(f"'{path}' is {'' if d == path else 'inside '}run directory '{d}', whose files belong "
                             "to that run: write somewhere else with -o/--out")
-    for d in path.parents:  # a file where a folder of the path is meant
-        if d.exists() and not d.is_dir():
-            raise UserError(f"cannot create '{path}': '{d}' is a file, not a folder")
     if create:
+        for d in path.parents:  # a file where a folder of the path is meant
+            if d.exists() and not d.is_dir():
+                raise UserError(f"cannot create '{path}': '{d}' is a file, not a folder")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:

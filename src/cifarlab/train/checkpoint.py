@@ -69,7 +69,7 @@ def _whole(v) -> bool:
 
 
 # what every cifarlab checkpoint holds, and how each field is checked (evaluation, export, predict, resume)
-WEIGHT_FIELDS = {"model": dict, "classes": list, "state_dict": dict, "normalization": dict, "epoch": int}
+WEIGHT_FIELDS = {"model": dict, "classes": list, "state_dict": dict, "normalization": dict}
 MODEL_FIELDS = {"name": str, "num_classes": _whole, "in_channels": _whole, "image_size": _whole, "options": dict}
 RESUME_FIELDS = {"optimizer": dict, "scheduler": dict, "scaler": dict, "history": list, "best": dict,
                  "train_seconds": (int, float)}
@@ -92,7 +92,7 @@ def _check_fields(d: dict, fields: dict, path, prefix: str = "") -> None:
 
 def check_resume_state(state: dict, path) -> None:
     """last.pt must also hold what --resume restores; a damaged one is one line before anything trains."""
-    _check_fields(state, RESUME_FIELDS, path)
+    _check_fields(state, {"epoch": int, **RESUME_FIELDS}, path)
     if state["epoch"] < 0 or not all(isinstance(r, dict) for r in state["history"]) or len(state["history"]) != state["epoch"]:
         _damaged(path, "history", f"does not list the {state['epoch']} epochs done")
     best = state["best"]
