@@ -3,6 +3,7 @@ documented conversion, never a traceback. Cases already covered in test_data.py 
 (a `..` tar member, one class, images of mixed sizes, a non-decodable .jpg, a hostile pickle, a failed
 download) are not repeated here."""
 import io
+import os
 import stat
 import struct
 import tarfile
@@ -128,13 +129,13 @@ def test_image_that_does_not_decode_is_refused_by_name(tmp_path):
 def test_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "f", per_class=2)
     (root / "cat" / "locked.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
-    real = Path.read_bytes
+    real = os.open
 
-    def read_bytes(self):
-        if self.name == "locked.png":
+    def os_open(path, *args, **kwargs):  # files are opened non-blocking with os.open (a FIFO must not hang)
+        if str(path).endswith("locked.png"):
             raise PermissionError(13, "Permission denied")
-        return real(self)
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", os_open)
     refused(f"folder:{root}", "cannot read '.*locked.png' \\(Permission denied\\): check the file and its permissions")
 
 

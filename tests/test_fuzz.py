@@ -200,3 +200,54 @@ def test_the_fixture_detects_a_training_start(no_training, capsys):
     code, _ = invoke(capsys, ["train", "--recipe", "quickstart", "--epochs", "1", "--out", "r"])
     assert code is None
     assert not os.path.exists("r") or not os.listdir("r") or set(os.listdir("r")) <= {".lock"}
+
+
+# ---------------------------------------------------------------------- issue 13: bounds, aliases, resume
+
+NUMERIC = ["train.epochs", "train.batch_size", "train.eval_batch_size", "train.seed", "train.threads",
+           "train.time_limit_minutes", "train.early_stopping_patience", "train.label_smoothing", "train.grad_clip",
+           "data.val_size", "data.split_seed", "data.train_limit", "data.augment.crop_padding", "data.augment.rotation",
+           "data.augment.cutout", "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.eps",
+           "optimizer.alpha", "schedule.warmup_epochs", "schedule.step_size", "schedule.gamma", "schedule.min_lr",
+           "schedule.pct_start"]
+huge = st.one_of(st.integers(-2**80, 2**80), st.floats(allow_nan=True, allow_infinity=True),
+                 st.sampled_from([10**6, 10**9, 2**31, 2**32, 2**63, -1, -2**63, 1e300, -0.0]))
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(NUMERIC + ["optimizer.betas"]), huge | st.lists(huge, max_size=3), max_size=3))
+def test_any_number_is_in_range_or_one_line(overrides):
+    """Every number accepted lies within the schema's sane bounds: finite, and small enough for torch."""
+    cfg = outcome(lambda: load_config(recipe="quickstart", overrides=overrides))
+    if cfg is not None:
+        from cifarlab.config import MAX_SEED, MAX_THREADS
+        t = cfg.train
+        assert 1 <= t.epochs <= 100_000 and 0 <= t.seed <= MAX_SEED and (t.threads is None or t.threads <= MAX_THREADS)
+        assert all(0 <= b < 1 for b in cfg.optimizer.betas) and 0 < cfg.optimizer.lr < float("inf")
+
+
+@FUZZ
+@given(st.integers(1, 12), st.integers(1, 12))
+def test_yaml_aliases_are_bounded(levels, width):
+    """Nested aliases of any shape: parsed when few, else one short line; never expanded without bound."""
+    text = "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * width)}]\n"
+                                     for i in range(1, levels + 1))
+    try:
+        load_config(config_file=_write(text))
+    except UserError as err:
+        one_line(err)
+        assert len(str(err)) < 400
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(KNOWN), values, min_size=1, max_size=3))
+def test_resume_overrides_are_honoured_or_one_line(overrides):
+    """On resume a change either lies in the keys resume can honour, or is refused in one line."""
+    from cifarlab.train.resume_rules import RESUMABLE, apply_overrides
+    raw = load_config(recipe="quickstart").to_dict()
+    try:
+        _cfg, changed = apply_overrides(raw, overrides, epochs_done=1)
+    except UserError as err:
+        one_line(err)
+        return
+    assert set(changed) <= set(RESUMABLE)

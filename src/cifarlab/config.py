@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
 # The registries are torch-free (their entries import torch when they build), so checking names is cheap.
 from cifarlab.registry import DATASETS, OPTIMIZERS, SCHEDULES, Registry
 
@@ -28,20 +28,31 @@ def _registered(registry: Registry) -> AfterValidator:
     return AfterValidator(check)
 
 
+# Upper bounds of the numbers a user gives: far beyond any sane run, low enough that nothing downstream
+# (torch, numpy, the OS) crashes, hangs or allocates without end on them. One place, so every path in
+# (YAML, --set, flags, study spaces) is checked the same way.
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_THREADS = 256  # torch.set_num_threads(100000) segfaults
+MAX_EPOCHS = 100_000
+MAX_BATCH = 2**20
+MAX_IMAGES = 10**9
+
+
 class _Section(BaseModel):
     # extra="forbid": a misspelt key must fail loudly, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no float option is meaningful at nan or infinity (lr: inf passed gt=0).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
-    name: str = "tutorial_cnn"
+    name: str = Field("tutorial_cnn", max_length=100)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ColorJitterConfig(_Section):
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0)
-    saturation: float = Field(0.0, ge=0)
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=10)
+    saturation: float = Field(0.0, ge=0, le=10)
     hue: float = Field(0.0, ge=0, le=0.5)
 
 
@@ -53,7 +64,7 @@ class AugmentConfig(_Section):
     autoaugment: bool = Field(False, description="AutoAugment with the CIFAR-10 policy")
     color_jitter: ColorJitterConfig | None = None
     rotation: float = Field(0.0, ge=0, le=180, description="random rotation within +-degrees")
-    cutout: int = Field(0, ge=0, description="zero a random square of this side; 0 = off")
+    cutout: int = Field(0, ge=0, le=1024, description="zero a random square of this side; 0 = off")
     concat_original: bool = Field(False, description="each epoch sees every original image and an augmented copy")
     crop_mode: Literal["zeros", "reflect"] = Field(
         "zeros", description="how the random crop pads: zeros (black border) or reflect (a translation, as airbench)")
@@ -72,10 +83,10 @@ class MixConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: str = Field("sample", description=DATASETS.listing(" | "))
-    val_size: float = Field(0.1, gt=0, description="validation images carved from train: a count, or a fraction < 1")
-    split_seed: int = 0
-    train_limit: int | None = Field(None, ge=1, description="train on a stratified subset of this many images")
+    dataset: str = Field("sample", max_length=4096, description=DATASETS.listing(" | "))
+    val_size: float = Field(0.1, gt=0, le=MAX_IMAGES, description="validation images carved from train: a count, or a fraction < 1")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    train_limit: int | None = Field(None, ge=1, le=MAX_IMAGES, description="train on a stratified subset of this many images")
     normalize: Literal["none", "half", "dataset"] | list[list[float]] = Field(
         "dataset", description="none, half (0.5/0.5), dataset (its mean/std), or [[means], [stds]]")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -85,19 +96,19 @@ class DataConfig(_Section):
     @classmethod
     def _two_lists(cls, v):
         if isinstance(v, list):
-            if len(v) != 2 or len(v[0]) != len(v[1]) or any(s <= 0 for s in v[1]):
+            if len(v) != 2 or len(v[0]) != len(v[1]) or not 1 <= len(v[0]) <= 4 or any(s <= 0 for s in v[1]):
                 raise ValueError("give [[mean per channel], [std per channel]] with positive stds")
         return v
 
 
 class OptimizerConfig(_Section):
     name: Annotated[str, _registered(OPTIMIZERS)] = Field("sgd", description=OPTIMIZERS.listing(" | "))
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, le=1e10)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD and RMSprop only")
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, le=100)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, le=1)
     alpha: float = Field(0.99, gt=0, lt=1, description="RMSprop smoothing constant")
     no_decay_norm_and_bias: bool = Field(False, description="no weight decay on biases and normalisation weights")
     norm_bias_lr_mult: float = Field(1.0, gt=0, description="normalisation biases learn at lr times this (airbench: 64)")
@@ -110,11 +121,11 @@ class OptimizerConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Annotated[str, _registered(SCHEDULES)] = Field("constant", description=SCHEDULES.listing(" | "))
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to lr over this many epochs")
-    step_size: int = Field(30, ge=1, description="step: multiply by gamma every step_size epochs")
-    gamma: float = Field(0.1, gt=0)
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which lr *= gamma")
-    min_lr: float = Field(0.0, ge=0, description="cosine: the lr reached at the end")
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description="linear warm-up from 0 to lr over this many epochs")
+    step_size: int = Field(30, ge=1, le=MAX_EPOCHS, description="step: multiply by gamma every step_size epochs")
+    gamma: float = Field(0.1, gt=0, le=100)
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(default_factory=list, max_length=1000, description="multistep: epochs at which lr *= gamma")
+    min_lr: float = Field(0.0, ge=0, le=1000, description="cosine: the lr reached at the end")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
     fit_time_limit: bool = Field(False, description="progress = training time spent / train.time_limit_minutes, so the "
                                                     "schedule ends at the budget (not bit-reproducible: depends on speed)")
@@ -127,14 +138,14 @@ class EMAConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
-    seed: int = 0
-    time_limit_minutes: float | None = Field(None, gt=0, description="stop when this much training time is spent")
-    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better val accuracy")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    time_limit_minutes: float | None = Field(None, gt=0, le=10**7, description="stop when this much training time is spent")
+    early_stopping_patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="stop after this many epochs without a better val accuracy")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm to this value")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")
     channels_last: bool = True
@@ -145,7 +156,7 @@ class TrainConfig(_Section):
     accumulate_steps: int = Field(1, ge=1, description="micro-batches of batch_size per optimizer step")
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads for torch; default: all cores")
 
     @property
     def tta(self) -> int:
@@ -170,8 +181,8 @@ class ReportedFigure(_Section):
 
 
 class ExperimentConfig(_Section):
-    name: str = "run"
-    description: str = ""
+    name: str = Field("run", max_length=200)
+    description: str = Field("", max_length=10_000)
     reported: ReportedFigure | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -233,8 +244,8 @@ def _explain(err: ValidationError) -> str:
     got = e.get("input")
     msg = e["msg"].removeprefix("Value error, ")
     said = isinstance(got, str) and repr(got) in msg  # e.g. "unknown optimizer 'adm'": once is enough
-    got_s = "" if isinstance(got, dict) or said else f" (got {got!r})"
-    return f"config key '{where}': {msg}{got_s}" if where else f"config: {msg}"
+    got_s = "" if isinstance(got, dict) or said else f" (got {short(got)})"
+    return f"config key '{where[:120]}': {short(msg, 300, plain=True)}{got_s}" if where else f"config: {short(msg, 300, plain=True)}"
 
 
 def validate_config(raw: Any) -> ExperimentConfig:
@@ -259,9 +270,46 @@ def list_recipes() -> dict[str, dict]:
     return out
 
 
+MAX_YAML_ALIASES = 8  # a config needs none; nested aliases ("billion laughs") expand 463 bytes into gigabytes
+MAX_YAML_BYTES = 1 << 20
+
+
+class YAMLTooComplex(yaml.YAMLError):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses more than MAX_YAML_ALIASES alias uses: nested aliases expand exponentially."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise YAMLTooComplex(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The one YAML parser of user files (configs, study files, a run's config.yaml, --set values):
+    safe (no Python objects), at most 1 MiB, and at most a few aliases. Errors are one line naming `where`."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{where} is {len(text) / 2**20:.1f} MiB of YAML, more than any config needs "
+                        f"(limit {MAX_YAML_BYTES // 2**20} MiB): check the file")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader)
+    except YAMLTooComplex as err:
+        raise UserError(f"{where} uses {err}, which can expand without bound: write the values out") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply: check the file") from None
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -331,7 +379,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise UserError(f"--set takes KEY=VALUE (e.g. --set train.epochs=5), got '{text}'")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+        return key.strip(), load_yaml(value, f"--set {key.strip()[:60]}") if value.strip() else ""
     except yaml.YAMLError:
         return key.strip(), value
 

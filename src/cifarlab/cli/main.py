@@ -15,7 +15,7 @@ import typer
 from typer.exceptions import TyperException
 
 from cifarlab.data.registry import spec_help
-from cifarlab.errors import CifarlabWarning, UserError
+from cifarlab.errors import CifarlabWarning, Interrupted, InterruptedExit, UserError, short
 
 from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
 
@@ -41,7 +41,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.label_smoothing=0.1"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="the run directory (default runs/NAME-TIME)"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue (or extend) the run in this directory"),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (DDP: gloo on CPU, NCCL on GPU)"),
+    nproc: int = typer.Option(1, "--nproc", min=1, max=64, help="data-parallel processes on this machine (DDP: gloo on CPU, NCCL on GPU)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line at the end"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar during each epoch (terminal only)"),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="live curves: TensorBoard event files in RUN_DIR/tensorboard"),
@@ -83,8 +83,11 @@ def train(
         else:
             cfg = load_config(recipe, config, overrides)
             summary = train_run(cfg, out, log=say, progress=show_bar, callbacks=callbacks)
-    except BaseException as err:  # diverged, interrupted: the MLflow run says so too
-        tracker.abort("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+    except Interrupted as err:  # a KeyboardInterrupt too, which click would swallow into its own "Aborted"
+        tracker.abort("KILLED")  # the MLflow run says so too
+        raise InterruptedExit(str(err)) from None
+    except BaseException:  # diverged, crashed: the MLflow run says so too
+        tracker.abort("FAILED")
         raise
     if as_json:
         emit_json(summary)
@@ -102,14 +105,22 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
     if resume is not None:
         if not RunDir(resume).last.exists():
             raise UserError(f"'{resume}' holds no run to resume (no last.pt): check the path")
+        from cifarlab.train.resume_rules import apply_overrides
+        from cifarlab.train.trainer import read_run_config
+        apply_overrides(read_run_config(RunDir(resume)), overrides)  # refused here, not in N processes
         path, cfg_dict = Path(resume), None
     else:
         cfg = load_config(recipe, config, overrides)
         path, cfg_dict, overrides = Path(out or default_run_dir(cfg.name)), cfg.to_dict(), None
         if RunDir(path).holds_run():
             raise UserError(f"'{path}' already holds a run: continue it with --resume {path} or choose another --out")
+        RunDir(path).check_new_folder()
         load_dataset(cfg.data.dataset)  # decode once here, not N times in parallel
-    launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
+    try:
+        launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
+    except KeyboardInterrupt:  # the ranks got the Ctrl-C too and stopped at a whole checkpoint
+        from cifarlab.train.trainer import _epochs_on_disk
+        raise Interrupted(path, _epochs_on_disk(RunDir(path))) from None
     return json.loads((path / "summary.json").read_text())
 
 
@@ -203,43 +214,65 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
 from cifarlab.cli import reports, studies  # noqa: E402,F401
 
 
+# Libraries whose warnings (torch's pickle-protocol and non-writable-array notes, numpy's, the exporters')
+# speak of their internals, not of anything the user gave: the CLI keeps them off the terminal.
+_QUIET_ORIGINS = ("torch", "numpy", "kornia", "PIL", "onnx", "onnxruntime", "onnxscript", "optuna", "sqlalchemy",
+                  "matplotlib", "pydantic", "typer", "click", "yaml")
+
+
+def _third_party(filename: str) -> bool:
+    parts = Path(str(filename)).parts
+    return any(p in ("site-packages", "dist-packages") for p in parts) or any(p in _QUIET_ORIGINS for p in parts)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
-    if issubclass(category, CifarlabWarning):  # ours: one line, like errors; others keep Python's format
-        print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
+    if issubclass(category, CifarlabWarning):  # ours: one line, like errors
+        print(f"cifarlab: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    elif _third_party(filename):  # a library's note about its internals: not the user's business
+        return
     else:
         _default(message, category, filename, lineno, file, line)
 
 
+def _fail(message: str, code: int, as_json: bool, prefix: str = "cifarlab: error: ") -> int:
+    """The one line of a failure on stderr; with --json also the last stdout line {"error", "exit_code"}."""
+    text = " ".join(str(message).split())
+    print(f"{prefix}{text}", file=sys.stderr, flush=True)
+    if as_json:
+        emit_json({"error": text, "exit_code": code})
+    return code
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Entry point: every user error becomes one line on stderr and exit code 2."""
+    """Entry point: every user error becomes one line on stderr and exit code 2 (with --json, also a last
+    stdout line {"error": ..., "exit_code": ...}); Ctrl-C is one line and exit code 130."""
     args = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
     warnings.showwarning = _show_warning
+    interrupted = "interrupted; checkpoints written so far are kept (continue with --resume)"
     try:
         code = app(args=args or ["--help"], prog_name="cifarlab", standalone_mode=False)
         if isinstance(code, int) and code == 130:  # typer turns Ctrl-C into a returned 130, not an exception
-            print("cifarlab: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
-            return 130
+            return _fail(interrupted, 130, as_json, "cifarlab: ")
         if isinstance(code, int) and code:
             return code
+    except (Interrupted, InterruptedExit) as err:  # names the run directory and the --resume command
+        return _fail(str(err), err.exit_code, as_json, "cifarlab: ")
     except UserError as err:
-        print(f"cifarlab: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return _fail(str(err), err.exit_code, as_json)
     except typer.Exit as err:
         return err.exit_code
     except typer.Abort:
-        print("cifarlab: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130, as_json, "cifarlab: ")
     except TyperException as err:  # typer's (vendored click) usage errors: unknown flag, bad value
         if type(err).__name__ == "NoArgsIsHelpError":
             return 0
         ctx = getattr(err, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         msg = err.format_message() if hasattr(err, "format_message") else str(err)
-        print(f"cifarlab: error: {' '.join(msg.split())}{where}", file=sys.stderr)
-        return 2
+        return _fail(f"{short(' '.join(msg.split()), 400, plain=True)}{where}", 2, as_json)
     except KeyboardInterrupt:
-        print("cifarlab: interrupted; checkpoints written so far are kept (continue with --resume)", file=sys.stderr)
-        return 130
+        return _fail(interrupted, 130, as_json, "cifarlab: ")
     return 0
 
 

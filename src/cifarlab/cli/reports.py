@@ -8,6 +8,7 @@ import typer
 
 from cifarlab.cli.app import _say, app, emit_json
 from cifarlab.errors import UserError
+from cifarlab.fileio import check_output_dir
 
 
 @app.command()
@@ -23,9 +24,10 @@ def report(
     from cifarlab.train.rundir import default_run_dir
 
     if len(paths) == 1 and is_run_dir(paths[0]):
+        check_output_dir(out or paths[0], owner=paths[0])  # its own run, or a folder that is no other run's
         html = build_run_report(paths[0], out)
     else:
-        html = build_comparison_report(paths, out or default_run_dir("compare"))
+        html = build_comparison_report(paths, check_output_dir(out or default_run_dir("compare")))
     _say(as_json)(f"report: {html}")
     if as_json:
         emit_json({"html": str(html), "markdown": str(html.with_suffix(".md"))})
@@ -78,9 +80,9 @@ def summary(
     model: Optional[str] = typer.Argument(None, help="a model name (see `cifarlab models`)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="summarise a trained checkpoint instead"),
     option: List[str] = typer.Option([], "--option", help="a model option NAME=VALUE (repeatable)"),
-    num_classes: int = typer.Option(10, "--num-classes", min=1),
-    in_channels: int = typer.Option(3, "--in-channels", min=1),
-    image_size: int = typer.Option(32, "--image-size", min=1),
+    num_classes: int = typer.Option(10, "--num-classes", min=1, max=100_000),
+    in_channels: int = typer.Option(3, "--in-channels", min=1, max=64),
+    image_size: int = typer.Option(32, "--image-size", min=1, max=1024),
     weights: bool = typer.Option(False, "--weights", help="also each parameter's shape, statistics and first values"),
     as_json: bool = typer.Option(False, "--json"),
 ):
@@ -127,7 +129,7 @@ def summary(
 def predict(
     images: List[Path] = typer.Argument(..., help="image files (any size; converted to RGB and resized)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="how many classes to show per image"),
+    top_k: int = typer.Option(3, "--top-k", min=1, max=100_000, help="how many classes to show per image"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
                                       "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
     as_json: bool = typer.Option(False, "--json"),

@@ -30,14 +30,14 @@ def sweep(
     config: str = typer.Option(..., "--config", "-c", help="a study YAML file, or a preset name (docs/studies.md)"),
     method: Optional[str] = typer.Option(None, help="ofat | grid | random | tpe, or another registered sweep method "
                                                     "(default: the file's)"),
-    trials: Optional[int] = typer.Option(None, min=1, help="random/tpe: configurations to try (default: the file's)"),
-    repeats: Optional[int] = typer.Option(None, min=1, help="seeds per configuration (default: the file's)"),
+    trials: Optional[int] = typer.Option(None, min=1, max=100_000, help="random/tpe: configurations to try (default: the file's)"),
+    repeats: Optional[int] = typer.Option(None, min=1, max=1000, help="seeds per configuration (default: the file's)"),
     data: Optional[str] = typer.Option(None, help="dataset spec for every trial (as for train)"),
     set_: List[str] = typer.Option([], "--set", "-s", help="a base config key for every trial: --set train.epochs=2"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: sqlite in the study directory)"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="local worker processes"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="local worker processes"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default studies/NAME)"),
-    heartbeat: int = typer.Option(10, min=1, help="seconds between heartbeats; a trial silent 3x this is retried"),
+    heartbeat: int = typer.Option(10, min=1, max=3600, help="seconds between heartbeats; a trial silent 3x this is retried"),
     as_json: bool = typer.Option(False, "--json"),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI: one parent run, each trained run "
                                          "a child (default: base track.mlflow, else $MLFLOW_TRACKING_URI)"),
@@ -59,9 +59,9 @@ def worker(
     study: str = typer.Option(..., "--study", help="the study's name"),
     storage: str = typer.Option(..., "--storage", help="the Optuna storage URL the study lives in"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where this worker's run directories go"),
-    worker_index: int = typer.Option(0, "--worker-index", min=0, help="picks this worker's sampler stream"),
-    heartbeat: int = typer.Option(10, min=1),
-    idle_timeout: float = typer.Option(600, "--idle-timeout", help="leave after this many seconds without work"),
+    worker_index: int = typer.Option(0, "--worker-index", min=0, max=100_000, help="picks this worker's sampler stream"),
+    heartbeat: int = typer.Option(10, min=1, max=3600),
+    idle_timeout: float = typer.Option(600, "--idle-timeout", min=0, max=10**7, help="leave after this many seconds without work"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Join a study started by `cifarlab sweep --storage URL` (from this or any other machine)."""
@@ -76,10 +76,10 @@ def worker(
 @app.command()
 def repeat(
     recipe: str = typer.Argument(..., help="a recipe name or a YAML config file"),
-    seeds: int = typer.Option(5, "--seeds", "-k", help="how many seeds (train.seed, +1, ...)"),
+    seeds: int = typer.Option(5, "--seeds", "-k", min=1, max=1000, help="how many seeds (train.seed, +1, ...)"),
     data: Optional[str] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.epochs=2"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64),
     storage: Optional[str] = typer.Option(None),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default studies/repeat-NAME"),
     as_json: bool = typer.Option(False, "--json"),
@@ -98,10 +98,10 @@ def repeat(
 def compare(
     a: str = typer.Argument(..., help="a recipe, a config file, or a directory written by `cifarlab repeat`"),
     b: str = typer.Argument(..., help="the other one"),
-    seeds: int = typer.Option(5, "--seeds", "-k", help="seeds for a side that has not been repeated yet"),
+    seeds: int = typer.Option(5, "--seeds", "-k", min=2, max=1000, help="seeds for a side that has not been repeated yet"),
     data: Optional[str] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", "-s", help="a config key for both sides"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Do A and B differ? Welch's t-test on their repeats, with the 95% CI of the difference."""
@@ -121,9 +121,9 @@ def lr_find(
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
     data: Optional[str] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set optimizer.name=adam"),
-    start_lr: float = typer.Option(1e-7, "--start-lr"),
-    end_lr: float = typer.Option(10.0, "--end-lr"),
-    steps: int = typer.Option(100, help="LR steps (a few hundred at most)"),
+    start_lr: float = typer.Option(1e-7, "--start-lr", min=1e-12, max=1e3),
+    end_lr: float = typer.Option(10.0, "--end-lr", min=1e-12, max=1e3),
+    steps: int = typer.Option(100, min=5, max=10_000, help="LR steps (a few hundred at most)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default runs/lrfind-NAME-TIME"),
     as_json: bool = typer.Option(False, "--json"),
 ):

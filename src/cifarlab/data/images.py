@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import posixpath
 import stat
 import tarfile
@@ -110,8 +111,7 @@ class Listing:
         if self.path.is_dir():
             for name in wanted:
                 try:
-                    self._check_size(name, (self.path / name).stat().st_size)
-                    data = (self.path / name).read_bytes()
+                    data = _read_regular(self.path / name, lambda size: self._check_size(name, size))
                 except OSError as err:
                     raise UserError(f"cannot read '{self.path / name}' ({err.strerror or err}): "
                                     "check the file and its permissions") from None
@@ -128,6 +128,18 @@ class Listing:
                     for name in sorted(wanted, key=lambda n: self.infos[n].offset_data):
                         self._check_size(name, self.infos[name].size)
                         yield name, tf.extractfile(self.infos[name]).read()
+
+
+def _read_regular(path: Path, check_size) -> bytes:
+    """A folder's file, read whole (after `check_size(bytes)`), opened non-blocking and checked after opening:
+    a FIFO, device or socket swapped in after the listing is refused, never waited on or read without end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"'{path}' is not a regular file (a pipe, device or socket): remove it from the dataset")
+        check_size(st.st_size)
+        return fh.read()
 
 
 def list_source(path: Path) -> Listing:

@@ -131,12 +131,20 @@ def read_tinyimagenet(path: Path, alloc: Alloc = in_memory) -> RawDataset:
     for need in ("wnids.txt", "val_annotations.txt"):
         if need not in meta:
             raise UserError(f"'{path}' is not a Tiny ImageNet archive or folder (no {need}): give tiny-imagenet-200.zip or its folder")
-    wnids = meta["wnids.txt"].decode().split()
+    def text(name: str) -> str:  # metadata of odd encodings: one line, never a UnicodeDecodeError
+        try:
+            return meta.get(name, b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"'{path}': its {name} is not UTF-8 text: the archive is damaged or not Tiny ImageNet") from None
+
+    wnids = list(dict.fromkeys(text("wnids.txt").split()))  # a class listed twice is one class
+    if len(wnids) < 2:
+        raise UserError(f"Tiny ImageNet at '{path}' lists {len(wnids)} class(es) in wnids.txt: a classifier needs at least 2")
     index = {w: i for i, w in enumerate(wnids)}
-    words = dict(line.split("\t", 1) for line in meta.get("words.txt", b"").decode().splitlines() if "\t" in line)
+    words = dict(line.split("\t", 1) for line in text("words.txt").splitlines() if "\t" in line)
     classes = [words.get(w, w).split(",")[0].strip() or w for w in wnids]
     val_labels = {}
-    for line in meta["val_annotations.txt"].decode().splitlines():
+    for line in text("val_annotations.txt").splitlines():
         cols = line.split("\t")
         if len(cols) >= 2 and cols[1] in index:
             val_labels[cols[0]] = index[cols[1]]

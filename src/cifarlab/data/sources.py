@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -46,18 +47,38 @@ register_dataset("sample", path="none", default=lambda cache: sample_path(), cac
                  summary="the 4,000-image CIFAR-10 sample bundled with cifarlab (no download)")(read_folder)
 
 
+def _hash_file(h, path: Path) -> None:
+    """Feed a regular file to `h` in 4 MiB chunks (never whole into memory). Opened non-blocking and checked
+    after opening, so a FIFO, device or socket put in place of a file is refused, never read or waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"'{path}' is not a regular file (a pipe, device or socket): give a file or a folder")
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+
+
+def check_image_shape(ds: RawDataset, spec: str) -> RawDataset:
+    """The models take square images: refuse others here, before a model is built or a run written."""
+    shape = tuple(ds.train_x.shape[1:])
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] < 1:
+        size = f"{shape[2]}x{shape[1]}" if len(shape) == 3 else "x".join(map(str, shape))
+        raise UserError(f"dataset '{spec}' has {size} (width x height) images; the models take square images: "
+                        "crop or resize them to a square size")
+    return ds
+
+
 def _content_key(kind: str, path: Path) -> str:
     h = hashlib.sha256(f"{kind}:{CACHE_FORMAT}".encode())
     f = path
     try:
         if path.is_dir():
+            # regular files only (is_file: no FIFOs, devices or sockets, which could block or never end)
             for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
                 h.update(f.relative_to(path).as_posix().encode() + b"\0")
-                h.update(f.read_bytes())
+                _hash_file(h, f)
         else:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    h.update(chunk)
+            _hash_file(h, path)
     except OSError as err:
         raise UserError(f"cannot read '{f}' ({err.strerror or err}): check the file and its permissions") from None
     return h.hexdigest()[:32]
@@ -138,6 +159,8 @@ def parse_spec(spec: str) -> tuple[DatasetKind, Path | None]:
     path = Path(rest).expanduser()
     if not path.exists():
         raise UserError(f"dataset path '{path}' does not exist: check the path in '{spec}'")
+    if not (path.is_dir() or path.is_file()):  # a FIFO, device or socket: reading it could block or never end
+        raise UserError(f"dataset path '{path}' is not a regular file or a folder: check the path in '{spec}'")
     return kind, path
 
 
@@ -149,10 +172,10 @@ def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
     key = _content_key(kind.cache_as, path)
     entry = cache_dir() / "datasets" / key
     if use_cache and (ds := _load(entry)) is not None:
-        return ds
+        return check_image_shape(ds, spec)
     staging = _Staging(entry if use_cache else None)
     try:
-        return staging.commit(kind.read(path, staging.array), spec)
+        return check_image_shape(staging.commit(kind.read(path, staging.array), spec), spec)
     finally:
         staging.discard()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from cifarlab.errors import short
+
 # name -> module class; every family that takes an `activation` option (or layer) chooses from these
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
                                            "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
@@ -20,14 +22,17 @@ def get_act_layer(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
-def is_whole(value, low: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+MAX_WHOLE = 2**16  # no width, channel count, kernel or repeat count of a model is larger
 
 
-def check_whole(name: str, value, low: int = 1) -> int:
-    """`value` if it is a whole number >= low, else a ValueError naming `name`."""
-    if not is_whole(value, low):
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+def is_whole(value, low: int = 1, high: int = MAX_WHOLE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_whole(name: str, value, low: int = 1, high: int = MAX_WHOLE) -> int:
+    """`value` if it is a whole number in [low, high], else a ValueError naming `name`."""
+    if not is_whole(value, low, high):
+        raise ValueError(f"{name} must be a whole number >= {low} (at most {high}), got {short(value)}")
     return value
 
 
@@ -39,7 +44,7 @@ def check_widths(name: str, value, at_least: int = 1, what: str = "positive whol
         value = [value]
     if not isinstance(value, (list, tuple)) or len(value) < at_least or not all(is_whole(v) for v in value):
         least = f"at least {at_least} " if at_least > 1 else ""
-        raise ValueError(f"{name} must be a list of {least}{what}, got {value!r}")
+        raise ValueError(f"{name} must be a list of {least}{what} (at most {MAX_WHOLE}), got {short(value)}")
     return tuple(value)
 
 

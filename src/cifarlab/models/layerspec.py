@@ -81,12 +81,44 @@ def build(spec, num_classes=10, in_channels=3, image_size=32) -> nn.Sequential:
     """The modules `spec` describes, for (in_channels, image_size, image_size) inputs; ValueError if malformed."""
     if not isinstance(spec, (list, tuple)) or not spec:
         raise ValueError("the layer spec must be a non-empty list of layers, e.g. [{conv: 32}, relu, flatten, {linear: classes}]")
+    n = _expanded_size(spec)
+    if n > MAX_LAYERS:
+        raise ValueError(f"the layer spec expands to {n:,} layers (repeats multiplied out), more than {MAX_LAYERS:,}: "
+                         "use fewer or smaller repeats")
     x = torch.zeros(1, in_channels, image_size, image_size)
     model, x = _build_list(spec, x, num_classes, "layer ")
     if x.dim() != 2 or x.shape[1] != num_classes:
         raise ValueError(f"the last layer gives outputs of shape {_shape(x)} but the data has {num_classes} classes: "
                          "end with flatten (if needed) and {linear: classes}")
     return model
+
+
+MAX_LAYERS = 10_000
+MAX_REPEAT = 1_000
+
+
+def _expanded_size(items, depth: int = 0) -> int:
+    """How many layers `items` makes once every repeat is multiplied out (checked before building anything:
+    nested repeats multiply, and `repeat: 1000000` would otherwise build a million copies)."""
+    if depth > 50:
+        raise ValueError("the layer spec is nested more than 50 levels deep")
+    if not isinstance(items, (list, tuple)):
+        return 1
+    total = 0
+    for item in items:
+        if isinstance(item, dict) and "repeat" in item:
+            times = item["repeat"]
+            times = times if isinstance(times, int) and not isinstance(times, bool) and times > 0 else 1
+            if times > MAX_REPEAT:
+                raise ValueError(f"repeat count must be a whole number from 1 to {MAX_REPEAT}, got {times}")
+            total += times * (_expanded_size(item.get("layers"), depth + 1) + _expanded_size(item.get("between") or [], depth + 1))
+        elif isinstance(item, dict) and "residual" in item:
+            total += 1 + _expanded_size(item["residual"], depth + 1)
+        else:
+            total += 1
+        if total > MAX_LAYERS:
+            return total
+    return total
 
 
 def _shape(x):

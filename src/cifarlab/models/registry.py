@@ -10,9 +10,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
 from cifarlab.registry import MODELS
 
 
@@ -24,6 +25,8 @@ class ModelEntry:
     summary: str  # first line of the factory's docstring
 
 
+MAX_PARAMETERS = 2**28
+MAX_CLASSES = 100_000
 
 
 def register_model(name: str | None = None, family: str = ""):
@@ -75,13 +78,36 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
     if unknown:
         allowed = [k for k in params if k not in ("num_classes", "in_channels", "image_size")]
         raise UserError(f"model '{name}' has no option '{unknown[0]}': its options are {', '.join(allowed) or 'none'}")
+    for what, value, high in (("num_classes", num_classes, MAX_CLASSES), ("in_channels", in_channels, 64),
+                              ("image_size", image_size, 4096)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise UserError(f"model '{name}': {what} must be a whole number from 1 to {high}, got {short(value)}")
     shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     if not takes_any:  # a user's factory or class may take only some of them (e.g. just num_classes)
         shape = {k: v for k, v in shape.items() if k in params}
     try:
+        _check_parameter_count(entry, name, shape, options)
         return entry.factory(**shape, **options)
-    except (TypeError, ValueError, RuntimeError) as err:  # torch raises RuntimeError for impossible layer shapes
-        raise UserError(f"model '{name}' cannot be built with {options or 'default options'}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:  # RuntimeError: impossible layer shapes
+        raise UserError(f"model '{name}' cannot be built with {short(options) if options else 'default options'}: "
+                        f"{short(err, 300, plain=True)}") from None
+
+
+def _check_parameter_count(entry: ModelEntry, name: str, shape: dict, options: dict) -> None:
+    """Build the model on torch's meta device first (shapes only, no memory): options that would allocate
+    gigabytes are refused in one line instead of exhausting memory. A factory that cannot build on the meta
+    device is simply built for real."""
+    try:
+        with torch.device("meta"):
+            model = entry.factory(**shape, **options)
+        n = count_parameters(model)
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001  (the real build below reports what is wrong)
+        return
+    if n > MAX_PARAMETERS:
+        raise UserError(f"model '{name}' with {short(options) if options else 'default options'} has {n:,} parameters, "
+                        f"more than {MAX_PARAMETERS:,} (1 GiB of weights): choose smaller widths or fewer layers")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

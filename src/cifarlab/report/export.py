@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from cifarlab.data.normalize import Normalize
 from cifarlab.errors import UserError
+from cifarlab.fileio import check_output_file
 from cifarlab.report.predict import load_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -80,8 +81,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     model = Normalised(model, Normalize.of_checkpoint(ckpt)).eval()
     src = Path(checkpoint)
     out = Path(out) if out else (src / "best.pt" if src.is_dir() else src).with_suffix(FORMATS[fmt])
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write '{out}': folder '{out.parent}' does not exist")
+    check_output_file(out)  # never over a run's checkpoints or record; a folder or read-only place is one line
     shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
     gen = torch.Generator().manual_seed(0)
     example, check = torch.rand(2, *shape, generator=gen), torch.rand(5, *shape, generator=gen)  # another batch size

@@ -18,7 +18,7 @@ import torch
 
 from cifarlab.config import ExperimentConfig
 from cifarlab.errors import UserError
-from cifarlab.fileio import atomic_write_text
+from cifarlab.fileio import atomic_write_text, check_output_dir
 from cifarlab.train.rundir import RunDir
 
 
@@ -54,7 +54,7 @@ def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: fl
         raise UserError(f"--start-lr must be positive and below --end-lr (got {start_lr:g} and {end_lr:g})")
     if steps < 10:
         raise UserError(f"--steps must be at least 10 to draw a curve (got {steps})")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out)  # never into a run directory; unwritable places are one line
     tr = Trainer(cfg, RunDir(out), log=lambda _line: None)  # the model, data and optimizer a run would use
     model, opt, t = tr.model, tr.optimizer, cfg.train
     mult = (end_lr / start_lr) ** (1 / (steps - 1))

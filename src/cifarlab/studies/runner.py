@@ -23,13 +23,15 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
+from cifarlab.fileio import check_output_dir
 from cifarlab.studies import optuna_adapter as adapter
 from cifarlab.studies.pruners import build_pruner
 from cifarlab.studies.space import Study, study_from_dict
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_RETRY = 3
+SQLITE_BUSY_SECONDS = 120
 Log = Callable[[str], None]
 
 
@@ -48,8 +50,11 @@ def _driver(url: str) -> str:
 
 def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
+    kwargs = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):  # N local workers write one file: wait for the lock instead of "database is locked"
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}
     try:
-        return adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, pool_pre_ping=True)
+        return adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, **kwargs)
     except ImportError:
         raise UserError(f"storage '{url}' needs a database driver that is not installed: "
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
@@ -204,10 +209,8 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     from cifarlab.report import mlflow_hook
     from cifarlab.studies.outputs import write_outputs
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create study directory '{out}' ({err.strerror}): choose another --out") from None
+    preflight(study)  # bad data or a base that cannot train: one line now, not N failed trials and exit 0
+    check_output_dir(out)  # never a run's directory; a file in its place or a read-only folder is one line
     url = storage_url or default_storage(out)
     s = create_study(study, open_storage(url, heartbeat))
     retry_interrupted(s)
@@ -235,7 +238,39 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     summary = write_outputs(study, s, out, log, export_best)
     done = [t.value for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     mlflow_hook.end_study(tracking, max(done) if done else None, out, log)
+    check_some_succeeded(study, s, out)
     return summary
+
+
+def preflight(study: Study) -> None:
+    """What `train` checks before its first epoch, once for the whole study: the base config, its data
+    (read and cached here, so trials find it decoded) and its model on that data."""
+    from cifarlab.config import validate_config
+    from cifarlab.data.sources import load_dataset
+    from cifarlab.models import build_model
+
+    try:
+        cfg = validate_config(study.config({}))
+        specs = {cfg.data.dataset}
+        specs |= {str(v) for p in study.params if p.key == "data.dataset" for v in (p.choices or ())}
+        for spec in sorted(specs - {cfg.data.dataset}):
+            load_dataset(spec)
+        ds = load_dataset(cfg.data.dataset)
+        c, h, _ = ds.image_shape
+        build_model(cfg.model.name, num_classes=len(ds.classes), in_channels=c, image_size=h, **cfg.model.options)
+    except UserError as err:
+        raise UserError(f"study '{study.name}': {err}") from None
+
+
+def check_some_succeeded(study: Study, s: optuna.Study, out: Path) -> None:
+    """A study none of whose trials succeeded failed: exit non-zero (the tables still say why)."""
+    trials = s.get_trials(deepcopy=False)
+    if not trials or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        return
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    reason = next((t.user_attrs.get("fail_reason") for t in failed if t.user_attrs.get("fail_reason")), "see the log")
+    raise UserError(f"no trial of study '{study.name}' succeeded ({len(failed)} failed; the first because: "
+                    f"{short(reason, 200, plain=True)}): see {out / 'results.md'}")
 
 
 def join(name: str, storage_url: str, out: Path | None, worker: int = 0, heartbeat: int = 10, log: Log = print,

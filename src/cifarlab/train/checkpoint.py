@@ -64,11 +64,58 @@ def load_checkpoint(path: str | Path) -> dict:
                         "use another checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"'{path}' is not a cifarlab checkpoint: train one with `cifarlab train`")
+    _check_fields(ckpt, WEIGHT_FIELDS, path)
+    _check_fields(ckpt["model"], MODEL_FIELDS, path, "model.")
+    spec = ckpt["model"]
+    if not all(isinstance(k, str) for k in spec["options"]):
+        _damaged(path, "model.options", "has keys that are not names")
+    if not all(isinstance(c, str) for c in ckpt["classes"]) or len(ckpt["classes"]) != spec["num_classes"]:
+        _damaged(path, "classes", f"are not {spec['num_classes']} class names")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["state_dict"].items()):
+        _damaged(path, "state_dict", "holds something other than named tensors")
     return ckpt
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+# what every cifarlab checkpoint holds, and how each field is checked (evaluation, export, predict, resume)
+WEIGHT_FIELDS = {"model": dict, "classes": list, "state_dict": dict, "normalization": dict}
+MODEL_FIELDS = {"name": str, "num_classes": _whole, "in_channels": _whole, "image_size": _whole, "options": dict}
+RESUME_FIELDS = {"optimizer": dict, "scheduler": dict, "scaler": dict, "history": list, "best": dict,
+                 "train_seconds": (int, float)}
+
+
+def _damaged(path, field: str, what: str):
+    raise UserError(f"checkpoint '{path}' is damaged: its field '{field}' {what}: use another checkpoint")
+
+
+def _check_fields(d: dict, fields: dict, path, prefix: str = "") -> None:
+    for name, want in fields.items():
+        if name not in d:
+            _damaged(path, prefix + name, "is missing")
+        v = d[name]
+        ok = want(v) if callable(want) and not isinstance(want, type) else (
+            isinstance(v, want) and not (want is int and isinstance(v, bool)))
+        if not ok:
+            _damaged(path, prefix + name, f"has the wrong type ({type(v).__name__})")
+
+
+def check_resume_state(state: dict, path) -> None:
+    """last.pt must also hold what --resume restores; a damaged one is one line before anything trains."""
+    _check_fields(state, {"epoch": int, **RESUME_FIELDS}, path)
+    if state["epoch"] < 0 or not all(isinstance(r, dict) for r in state["history"]) or len(state["history"]) != state["epoch"]:
+        _damaged(path, "history", f"does not list the {state['epoch']} epochs done")
+    best = state["best"]
+    if not isinstance(best.get("epoch"), int) or not isinstance(best.get("val_accuracy"), (int, float)):
+        _damaged(path, "best", "lacks its epoch or val_accuracy")
 
 
 def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> nn.Module:
     """Rebuild the model the checkpoint describes and load its weights (strictly)."""
+    _check_fields(ckpt, WEIGHT_FIELDS, where)  # also for a dict that did not come through load_checkpoint
+    _check_fields(ckpt["model"], MODEL_FIELDS, where, "model.")
     spec = ckpt["model"]
     model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                         image_size=spec["image_size"], **spec["options"])
@@ -79,7 +126,7 @@ def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> nn.Module:
 def load_weights(model: nn.Module, state_dict: dict, where: str) -> None:
     try:
         model.load_state_dict(state_dict)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as err:
         detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))[:160]
         raise UserError(f"{where} does not fit this model ({detail}): "
                         "use a checkpoint of the same model, options and number of classes") from None

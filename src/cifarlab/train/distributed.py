@@ -81,7 +81,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(local_rank: int, nproc: int, port: int, errors, fn, args) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Stop this process when `parent_pid` dies (kill -9 of `cifarlab train --nproc N` must not leave its ranks
+    training): the kernel's PR_SET_PDEATHSIG on Linux, and a thread polling the parent's pid everywhere
+    (also covering a parent that died before the signal was armed)."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(137)
+            time.sleep(0.5)
+
+    if os.getppid() != parent_pid:
+        os._exit(137)
+    threading.Thread(target=watch, name="cifarlab-parent-watch", daemon=True).start()
+
+
+def _worker(local_rank: int, nproc: int, port: int, errors, fn, args, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(nproc),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
@@ -103,7 +131,7 @@ def launch(nproc: int, fn, *args) -> None:
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     try:
-        mp.spawn(_worker, args=(nproc, free_port(), errors, fn, args), nprocs=nproc, join=True)
+        mp.spawn(_worker, args=(nproc, free_port(), errors, fn, args, os.getpid()), nprocs=nproc, join=True)
     except mp.ProcessExitedException as err:
         if not errors.empty():
             raise UserError(errors.get()) from None

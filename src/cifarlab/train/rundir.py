@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from cifarlab.errors import UserError, WriteFailed
-from cifarlab.fileio import atomic_write_text, remove_stale_temps
+from cifarlab.fileio import TEMP_SUFFIX, atomic_write_text, check_output_dir, remove_stale_temps
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                   "epoch_seconds", "train_seconds", "images_per_second", "peak_memory_mb"]
@@ -58,6 +58,8 @@ class RunDir:
                             "or choose another --out")
         if not new and not self.last.exists():
             raise UserError(f"'{self.path}' holds no run to resume (no last.pt): check the path")
+        if new:
+            self.check_new_folder()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.path / ".lock", "a+")
@@ -77,6 +79,20 @@ class RunDir:
         self._lock_file.flush()
         remove_stale_temps(self.path)  # halves of writes a killed process left; the files they replace are whole
         return self
+
+    def check_new_folder(self) -> None:
+        """A new run goes into a folder that does not exist, or one that is empty: never over a user's files,
+        never inside another run (`check_output_dir` also refuses a file in its place)."""
+        check_output_dir(self.path, create=False)
+        if self.path.is_dir():
+            try:
+                left = [p.name for p in self.path.iterdir()
+                        if p.name != ".lock" and not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX))]
+            except OSError as err:
+                raise UserError(f"cannot read folder '{self.path}' ({err.strerror}): choose another --out") from None
+            if left:
+                raise UserError(f"'{self.path}' is a folder that already holds files ({sorted(left)[0][:60]}, ...) "
+                                "and no run: choose a new or empty folder with --out")
 
     def close(self) -> None:
         if self._lock_file is not None:

@@ -18,16 +18,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cifarlab.config import ExperimentConfig, set_key, validate_config
+from cifarlab.config import ExperimentConfig, load_yaml, validate_config
 from cifarlab.data.loader import PreparedData
 from cifarlab.data.mix import BatchMix
-from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
-from cifarlab.models import build_model, count_parameters
+from cifarlab.errors import Interrupted, TrainingDiverged, UserError, WriteFailed, short
 from cifarlab.fileio import atomic_write_text
+from cifarlab.models import build_model, count_parameters
 from cifarlab.train.callbacks import CallbackLike, as_callbacks
-from cifarlab.train.checkpoint import check_free_space, load_checkpoint, load_weights, save_checkpoint
+from cifarlab.train.checkpoint import check_free_space, check_resume_state, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist, from_env
 from cifarlab.train.ema import WeightEMA
+from cifarlab.train.resume_rules import apply_overrides, record_changes
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
 from cifarlab.train.param_groups import scaled_for_batch
@@ -366,6 +367,8 @@ def train(cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[s
         summary = trainer.fit()
         dist.barrier()  # rank 0 evaluates and runs the end-of-run hooks while the others wait
         return summary
+    except KeyboardInterrupt:  # every checkpoint is whole: say where the run is and how to go on
+        raise Interrupted(run.path, trainer.saved_epoch) from None
     finally:
         run.close()
 
@@ -377,27 +380,48 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
     run = RunDir(run_dir)
     if not run.last.exists():
         raise UserError(f"'{run.path}' holds no run to resume (no last.pt): check the path")
+    trainer = None
     try:
-        try:
-            raw = yaml.safe_load(run.config.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"cannot read '{run.config}' ({err}): the run directory is damaged") from None
-        for key, value in (overrides or {}).items():
-            set_key(raw, key, value)
-        cfg = validate_config(raw)
+        raw = read_run_config(run)
+        cfg, changed = apply_overrides(raw, overrides)  # refuses what resume cannot honour, before the lock
         dist = from_env(resolve_device(cfg.train.device).type)
         if dist.is_main:
             run.open(new=False)
         state = load_checkpoint(run.last)
+        check_resume_state(state, run.last)
+        cfg, changed = apply_overrides(raw, overrides, epochs_done=state["epoch"])
         # a run killed after its last epoch but before its summary resumes into the final evaluation
-        if state["epoch"] >= cfg.train.epochs and not overrides and run.summary.exists():
+        if state["epoch"] >= cfg.train.epochs and not changed and run.summary.exists():
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
-        summary = Trainer(cfg, run, log, progress, state, callbacks, dist).fit()
+        trainer = Trainer(cfg, run, log, progress, state, callbacks, dist)
+        if dist.is_main:
+            record_changes(run.path, changed, state["epoch"])
+        summary = trainer.fit()
         dist.barrier()  # rank 0 evaluates and runs the end-of-run hooks while the others wait
         return summary
+    except KeyboardInterrupt:
+        raise Interrupted(run.path, trainer.saved_epoch if trainer is not None else _epochs_on_disk(run)) from None
     finally:
         run.close()
+
+
+def read_run_config(run: RunDir) -> dict:
+    """A run's config.yaml as a raw mapping (through the bounded YAML loader); damage is one line."""
+    try:
+        raw = load_yaml(run.config.read_text(), f"'{run.config}'")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read '{run.config}' ({short(err, 120, plain=True)}): the run directory is damaged") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"'{run.config}' holds no config mapping: the run directory is damaged")
+    return raw
+
+
+def _epochs_on_disk(run: RunDir) -> int:
+    try:
+        return max(0, len(run.metrics.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
 
 
 def process_entry(cfg_dict: dict | None, out: str, overrides: dict | None, progress: bool, log_to_stderr: bool,
