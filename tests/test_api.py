@@ -90,9 +90,12 @@ def cifarlab_errors():
 def test_find_batch_size_stops_at_a_memory_cap(cli):
     overrides = {**TINY, "data.train_limit": 500, "model.name": "tutorial_cnn"}
     quiet = lambda _l: None  # noqa: E731
-    [first] = cifarlab.find_batch_size(recipe="quickstart", overrides=overrides, max_memory="1TB", max_trials=1,
-                                       log=quiet)["trials"]
-    budget = first["peak_bytes"] + 30 * 2**20  # room for a batch of some dozens of these images, not 400
+    # the whole curve first, with room for everything: then a budget halfway between the smallest and the
+    # largest batch's peak must stop the search by memory, somewhere between them
+    curve = cifarlab.find_batch_size(recipe="quickstart", overrides=overrides, max_memory="1TB", log=quiet)["trials"]
+    smallest, largest = curve[0]["peak_bytes"], max(t["peak_bytes"] for t in curve)
+    assert largest - smallest > 8 * 2**20, curve  # a batch of 500 of these images needs measurably more memory
+    budget = (smallest + largest) // 2
     r = cifarlab.find_batch_size(recipe="quickstart", overrides=overrides, max_memory=budget, log=lambda _l: None)
     fits = [t for t in r["trials"] if t["fits"]]
     too_big = [t for t in r["trials"] if not t["fits"]]
