@@ -92,7 +92,8 @@ import torch  # noqa: E402  (only for its version, after the measured processes)
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
 mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")) / 2**20
 code = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout
-result = {"date": datetime.date.today().isoformat(), "code": code.strip() or "unknown", "machine": f"{cpu} x{os.cpu_count()} ({platform.machine()}), {mem:.0f} GiB",
+result = {"date": datetime.date.today().isoformat(), "code": code.strip() or "unknown",
+          "machine": f"{cpu} x{os.cpu_count()} ({platform.machine()}), {mem:.0f} GiB",
           "torch": torch.__version__, "numpy": np.__version__, "images": a.images, "size": a.size,
           "dataset_mb": round(a.images * 3 * a.size * a.size / 2**20, 1), "cache_mb": round(cached_mb, 1), "phases": phases}
 print(json.dumps(result))

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+
 from conftest import assert_user_error, set_args, tar_folder, tiny_overrides, write_image_folder
 
 # the dataset as --data, so that a later --data replaces it (a --set would win over every flag)
@@ -14,9 +15,10 @@ TINY = ["--data", "sample", *set_args(tiny_overrides(omit=("data.dataset", "sche
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One short run shared by the tests below: (run dir, parsed --json summary)."""
-    from cifarlab.cli.main import run
     import contextlib
     import io
+
+    from cifarlab.cli.main import run
     out = tmp_path_factory.mktemp("cli") / "run"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

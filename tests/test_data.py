@@ -7,14 +7,13 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import png_bytes, tar_folder, write_cifar10_archive, write_image_folder, write_tinyimagenet
 
 from cifarlab.config import AugmentConfig, DataConfig
-from cifarlab.data import official
 from cifarlab.data.augment import BatchTransform
 from cifarlab.data.loader import PreparedData, normalisation, stratified_split
 from cifarlab.data.sources import load_dataset, sample_path
 from cifarlab.errors import UserError
+from conftest import png_bytes, tar_folder, write_cifar10_archive, write_image_folder, write_tinyimagenet
 
 
 @pytest.mark.parametrize("fmt", ["binary", "python"])

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import png_bytes, tar_folder, write_cifar10_archive, write_image_folder, write_tinyimagenet
 from PIL import Image
 
 from cifarlab.data.sources import load_dataset
 from cifarlab.errors import UserError
+from conftest import png_bytes, tar_folder, write_cifar10_archive, write_image_folder, write_tinyimagenet
 
 
 def refused(spec: str, match: str) -> str:

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
-from conftest import assert_user_error, write_image_folder
 
-from cifarlab.data.loader import PreparedData
 from cifarlab.config import DataConfig
+from cifarlab.data.loader import PreparedData
+from conftest import assert_user_error, write_image_folder
 
 
 def test_shards_are_disjoint_equal_and_cover_the_epoch():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import tiny_overrides
 
 from cifarlab.config import load_config
 from cifarlab.train.rundir import read_metrics
 from cifarlab.train.trainer import train
+from conftest import tiny_overrides
 
 
 def quiet(_line):

@@ -19,10 +19,10 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import assert_user_error, tiny_overrides
 
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.rundir import read_metrics
+from conftest import assert_user_error, tiny_overrides
 
 # every test here trains in child processes and waits for them to reach a point: tens of seconds to minutes each
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
-from conftest import assert_user_error
 from hypothesis import strategies as st
 
 from cifarlab.cli.main import run
-from cifarlab.config import _known_keys, ExperimentConfig, load_config, parse_assignment
+from cifarlab.config import ExperimentConfig, _known_keys, load_config, parse_assignment
 from cifarlab.errors import UserError
 from cifarlab.studies.space import read_study_file
+from conftest import assert_user_error
 
 DIG = int(os.environ.get("CIFARLAB_FUZZ_EXAMPLES", 0))  # e.g. 5000: random (not derandomised) examples
 FUZZ = settings(max_examples=DIG or 120, deadline=None, database=None, derandomize=not DIG,

@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import png_bytes, tiny_overrides, write_image_folder
 from cifarlab.config import load_config
 from cifarlab.errors import Interrupted, UserError
+from conftest import png_bytes, tiny_overrides, write_image_folder
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

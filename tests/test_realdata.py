@@ -1,9 +1,9 @@
 """Real CIFAR-10 images (the shared JPEG re-encoding of the 50,000 training images); skipped without them."""
 import pytest
-from conftest import SHARED_CIFAR
 
 from cifarlab.config import load_config
 from cifarlab.train.trainer import train
+from conftest import SHARED_CIFAR
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"shared CIFAR-10 images not found at {SHARED_CIFAR}")]

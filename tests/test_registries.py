@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import class_pattern, tiny_overrides
 
 from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
 from cifarlab.data.registry import DATASETS, register_dataset, spec_help
@@ -17,10 +16,19 @@ from cifarlab.errors import UserError
 from cifarlab.models import build_model, register_model
 from cifarlab.models.registry import MODELS
 from cifarlab.registry import Registry
-from cifarlab.train.optim import (OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler, lr_factor,
-                                  optimizer_states, register_optimizer, register_schedule)
+from cifarlab.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    optimizer_states,
+    register_optimizer,
+    register_schedule,
+)
 from cifarlab.train.rundir import read_metrics
 from cifarlab.train.trainer import train
+from conftest import class_pattern, tiny_overrides
 
 
 def quiet(_line):

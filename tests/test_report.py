@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
 
 from cifarlab.config import load_config
 from cifarlab.data.types import RawDataset
 from cifarlab.report.hooks import train_and_report as train  # the library default writes no report
+from conftest import tiny_overrides
 
 EVIL_RUN = '<script>alert("run")</script>'
 EVIL_CLASS = "<script>alert(1)</script>"

@@ -7,13 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import assert_user_error
 from PIL import Image
 
 from cifarlab.cli.main import run
+from conftest import assert_user_error
 from test_report import CLASSES, EVIL_RUN, finished_run, parse_report, synthetic, synthetic_data, train_tiny  # noqa: F401
 
 

@@ -1,10 +1,10 @@
 """The airbench-style speedrun network: whitening from data, and a short run of its recipe."""
 import torch
-from conftest import assert_user_error, tiny_overrides
 
 from cifarlab.config import load_config
 from cifarlab.models import build_model
 from cifarlab.train.trainer import train
+from conftest import assert_user_error, tiny_overrides
 
 
 def test_whitening_layer_decorrelates_patches():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -16,12 +16,12 @@ import numpy as np
 import optuna
 import pytest
 import yaml
-from conftest import assert_user_error, set_args, tiny_overrides
 from scipy import stats as st
 
 from cifarlab.cli.main import run
 from cifarlab.config import load_config
 from cifarlab.studies.stats import summarize, welch
+from conftest import assert_user_error, set_args, tiny_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 TINY = tiny_overrides(**{"train.epochs": 1})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import tiny_overrides
 from test_studies_postgres import postgres_url  # noqa: F401  (the fixture: a throwaway PostgreSQL server)
 
@@ -22,7 +23,7 @@ LRS, MOMENTA, BATCHES = [0.003, 0.01, 0.03, 0.1], [0.0, 0.9], [16, 32]
 def _sweep_with_4_jobs(tmp_path: Path, storage: str | None) -> tuple[subprocess.CompletedProcess, Path]:
     f = tmp_path / "load.yaml"
     f.write_text(yaml.safe_dump({
-        "name": "load", "base": "quickstart", "method": "grid",
+        "name": "load", "base": "quickstart", "method": "grid", "trial_reports": False,
         "set": tiny_overrides(**{"train.epochs": 1, "model.name": "mlp", "data.train_limit": 100, "data.val_size": 50}),
         "space": {"optimizer.lr": LRS, "optimizer.momentum": MOMENTA, "train.batch_size": BATCHES}}))
     out = tmp_path / "study"
@@ -49,6 +50,7 @@ def _check_every_point_once(done: subprocess.CompletedProcess, out: Path, storag
     workers = [p for p in out.glob("worker-*.log") if "trial" in p.read_text()]
     assert workers, "no spawned worker ran a trial: the test did not exercise concurrent writers"
     assert (out / "results.md").read_text().count("| COMPLETE |") == 16
+    assert not list((out / "trials").glob("*/seed*/report.html"))  # trial_reports: false skips them
 
 
 def test_four_jobs_on_the_default_sqlite_storage(tmp_path):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_overrides, write_cifar10_archive
 
 from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
 from cifarlab.errors import TrainingDiverged, UserError
@@ -12,6 +11,7 @@ from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.train.optim import build_optimizer, lr_factor
 from cifarlab.train.rundir import RunDir, read_metrics
 from cifarlab.train.trainer import resume, train
+from conftest import tiny_overrides, write_cifar10_archive
 
 
 def quiet(_line):

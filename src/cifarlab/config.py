@@ -15,6 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cifarlab.errors import UserError, short
+
 # The registries are torch-free (their entries import torch when they build), so checking names is cheap.
 from cifarlab.registry import DATASETS, OPTIMIZERS, SCHEDULES, Registry
 
@@ -124,7 +125,8 @@ class ScheduleConfig(_Section):
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS, description="linear warm-up from 0 to lr over this many epochs")
     step_size: int = Field(30, ge=1, le=MAX_EPOCHS, description="step: multiply by gamma every step_size epochs")
     gamma: float = Field(0.1, gt=0, le=100)
-    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(default_factory=list, max_length=1000, description="multistep: epochs at which lr *= gamma")
+    milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(
+        default_factory=list, max_length=1000, description="multistep: epochs at which lr *= gamma")
     min_lr: float = Field(0.0, ge=0, le=1000, description="cosine: the lr reached at the end")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
     fit_time_limit: bool = Field(False, description="progress = training time spent / train.time_limit_minutes, so the "
@@ -143,7 +145,8 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     time_limit_minutes: float | None = Field(None, gt=0, le=10**7, description="stop when this much training time is spent")
-    early_stopping_patience: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="stop after this many epochs without a better val accuracy")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="stop after this many epochs without a better val accuracy")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm to this value")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(

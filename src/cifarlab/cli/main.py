@@ -14,10 +14,9 @@ from typing import List, Optional
 import typer
 from typer.exceptions import TyperException
 
+from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
 from cifarlab.data.registry import spec_help
 from cifarlab.errors import CifarlabWarning, Interrupted, InterruptedExit, UserError, short
-
-from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
 
 
 @app.command()
@@ -51,7 +50,8 @@ def train(
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
     from cifarlab.report.hooks import CompareWithReported, WriteReport
-    from cifarlab.train.trainer import resume as resume_run, train as train_run
+    from cifarlab.train.trainer import resume as resume_run
+    from cifarlab.train.trainer import train as train_run
 
     flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
              "optimizer.lr": lr, "optimizer.name": optimizer, "schedule.name": schedule,
@@ -212,7 +212,6 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
 # Their commands register on the shared `app` (cli/app.py); they import app.py, never this module, so
 # `python -m cifarlab.cli.main` (where this module is __main__) lists every command too.
 from cifarlab.cli import reports, studies  # noqa: E402,F401
-
 
 # Libraries whose warnings (torch's pickle-protocol and non-writable-array notes, numpy's, the exporters')
 # speak of their internals, not of anything the user gave: the CLI keeps them off the terminal.

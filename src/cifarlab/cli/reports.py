@@ -46,9 +46,7 @@ def runs(
 ):
     """A table of the runs below a folder: model, key hyperparameters, accuracies, epochs, time, status."""
     from cifarlab.report.format import text_table
-    from cifarlab.report.runs import COLUMNS, find_runs, format_row, select_rows
-
-    from cifarlab.report.runs import FORMATS, render_rows
+    from cifarlab.report.runs import COLUMNS, FORMATS, find_runs, format_row, render_rows, select_rows
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")

@@ -106,7 +106,8 @@ def compare(
 ):
     """Do A and B differ? Welch's t-test on their repeats, with the 95% CI of the difference."""
     _quiet_optuna()
-    from cifarlab.studies.repeats import compare as run_compare, load_or_repeat
+    from cifarlab.studies.repeats import compare as run_compare
+    from cifarlab.studies.repeats import load_or_repeat
 
     say = _say(as_json)
     ra, rb = (load_or_repeat(x, seeds, _overrides(data, set_), jobs, say) for x in (a, b))

@@ -111,7 +111,7 @@ class Listing:
         if self.path.is_dir():
             for name in wanted:
                 try:
-                    data = _read_regular(self.path / name, lambda size: self._check_size(name, size))
+                    data = _read_regular(self.path / name, lambda size, name=name: self._check_size(name, size))
                 except OSError as err:
                     raise UserError(f"cannot read '{self.path / name}' ({err.strerror or err}): "
                                     "check the file and its permissions") from None

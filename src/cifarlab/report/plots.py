@@ -14,10 +14,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
+
 # Figure objects render through Agg on savefig without pyplot, so importing this module leaves the
 # caller's backend alone (a notebook keeps its inline backend).
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
+
 
 def _plain_text(plot):
     """Run names and class names are data, not TeX: a '$' in them must not start mathtext."""
@@ -59,7 +61,7 @@ def plot_curves(histories: Mapping[str, Sequence[dict]], best_epochs: Mapping[st
         color = colors[i % len(colors)]
         epochs = [r["epoch"] for r in rows]
         best = (best_epochs or {}).get(label)
-        for ax, (title, train_key, val_key) in zip(axes, panels):
+        for ax, (_title, train_key, val_key) in zip(axes, panels):
             if train_key:
                 ax.plot(epochs, [r[train_key] for r in rows], color=color, ls="--" if val_key else "-",
                         label=f"{label} train" if val_key else label)

@@ -12,9 +12,9 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from cifarlab.config import validate_config
+from cifarlab.fileio import atomic_write_text
 from cifarlab.studies.optuna_adapter import retried_from
 from cifarlab.studies.space import Study, decode
-from cifarlab.fileio import atomic_write_text
 
 
 def collect(study: Study, s) -> list[dict]:

@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 
 from cifarlab.config import load_raw, set_key
 from cifarlab.errors import UserError
+from cifarlab.fileio import atomic_write_text
 from cifarlab.studies.space import build_study
 from cifarlab.studies.stats import summarize, welch
-from cifarlab.fileio import atomic_write_text
 
 
 def _source(what: str) -> tuple[str, dict]:

@@ -79,7 +79,7 @@ def train_seeds(study: Study, params: dict, folder: Path, trial=None) -> dict:
             cbs.append(track)
         if trial is not None:
             cbs.append(_pruning(trial))
-        runs.append(train_one(cfg, run_dir, cbs))
+        runs.append(train_one(cfg, run_dir, cbs, report=study.trial_reports))
         seeds.append(cfg.train.seed)
     vals = [r["best_val_accuracy"] for r in runs]
     tests = [r["test_accuracy"] for r in runs if r.get("test_accuracy") is not None]

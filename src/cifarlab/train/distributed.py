@@ -116,7 +116,7 @@ def _worker(local_rank: int, nproc: int, port: int, errors, fn, args, parent_pid
         fn(*args)
     except UserError as err:
         errors.put(str(err))
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

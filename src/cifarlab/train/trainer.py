@@ -28,11 +28,11 @@ from cifarlab.train.callbacks import CallbackLike, as_callbacks
 from cifarlab.train.checkpoint import check_free_space, check_resume_state, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist, from_env
 from cifarlab.train.ema import WeightEMA
-from cifarlab.train.resume_rules import apply_overrides, record_changes
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
 from cifarlab.train.param_groups import scaled_for_batch
 from cifarlab.train.resources import peak_memory_mb
+from cifarlab.train.resume_rules import apply_overrides, record_changes
 from cifarlab.train.rundir import RunDir, default_run_dir
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
