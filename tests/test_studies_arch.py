@@ -187,3 +187,31 @@ def test_study_and_lr_plots_follow_the_rule():
     fig = plot_lr_find(lrs, [1.0 / (i + 1) for i in range(20)], {"valley": lrs[5], "steep": lrs[3]}, "x")
     assert fig.axes[0].get_xscale() == "log"
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0].startswith("valley")
+
+
+@pytest.mark.parametrize("outcome", ["result", "crash", "pruned"])
+def test_a_worker_whose_trial_was_handed_to_a_retry_logs_it_and_goes_on(study_on_disk, tmp_path, monkeypatch, outcome):
+    """A trial failed by another worker (missed heartbeats on a busy machine) while it still trains: whatever
+    its run then does, recording it must not crash the worker (optuna's UpdateFinishedTrialError)."""
+    import cifarlab.studies.trial as trial_module
+    from cifarlab.studies.runner import run_trial
+
+    s = study_on_disk
+    study = build_study({"name": "a", "base": "quickstart", "set": TINY, "method": "grid",
+                         "space": {"optimizer.lr": [0.01]}}, "test")
+    s.enqueue_trial({"optimizer.lr": 0.01})
+    trial = adapter.pop_waiting(s)
+
+    def taken_over(*_args, **_kw):
+        s.tell(trial.number, state=TrialState.FAIL)  # what fail_stale does from another worker
+        if outcome == "crash":
+            raise RuntimeError("boom")
+        if outcome == "pruned":
+            raise optuna.TrialPruned()
+        return {"val_accuracy": 0.5, "seeds": [0]}
+
+    monkeypatch.setattr(trial_module, "train_seeds", taken_over)
+    lines = []
+    run_trial(study, s, trial, tmp_path, lines.append)  # must not raise
+    assert any("handed to a retry" in line for line in lines), lines
+    assert s.get_trials()[0].state == TrialState.FAIL  # the other worker's verdict stands

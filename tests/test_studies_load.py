@@ -28,8 +28,8 @@ def _sweep_with_4_jobs(tmp_path: Path, storage: str | None) -> tuple[subprocess.
         "space": {"optimizer.lr": LRS, "optimizer.momentum": MOMENTA, "train.batch_size": BATCHES}}))
     out = tmp_path / "study"
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "cifarlab", "sweep", "--config", str(f), "--out", str(out), "--jobs", "4",
-           "--heartbeat", "2"]
+    # the default heartbeat (10 s): four processes on two cores must not make a live trial look dead
+    cmd = [sys.executable, "-m", "cifarlab", "sweep", "--config", str(f), "--out", str(out), "--jobs", "4"]
     done = subprocess.run(cmd + (["--storage", storage] if storage else []), env=env, capture_output=True,
                           text=True, timeout=280)
     return done, out

@@ -124,6 +124,18 @@ def _describe(params: dict) -> str:
 
 
 def run_trial(study: Study, s: optuna.Study, trial: optuna.Trial, out: Path, log: Log) -> None:
+    try:
+        _train_and_record(study, s, trial, out, log)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # tell() says ValueError("Cannot tell a FAIL trial")
+        if s.get_trials(deepcopy=False)[trial.number].state == TrialState.RUNNING:
+            raise  # still ours: a real error
+        # Another worker saw this trial miss 3 heartbeats (a machine too busy, or a storage lock held too
+        # long), failed it and queued a retry with the same values: the retry owns the configuration now.
+        log(f"trial {trial.number}: missed its heartbeats and was handed to a retry; this worker's result "
+            "is not recorded and the study goes on")
+
+
+def _train_and_record(study: Study, s: optuna.Study, trial: optuna.Trial, out: Path, log: Log) -> None:
     from cifarlab.studies.trial import train_seeds
 
     frozen = s.get_trials(deepcopy=False)[trial.number]
