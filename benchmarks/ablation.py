@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Ablation of the fast training options: a recipe with each option off (the recipe as it is) and on,
-every run under the same training-time budget, K seeds each (`cifarlab repeat`), then Welch's t-test
-of each "on" against "off" (`cifarlab compare`). Writes a Markdown table (mean ± std, n, verdict).
+"""Ablation of the fast training options: a recipe as it is and with each option toggled (turned off
+where the recipe has it on, added where it has it off), every run under the same training-time budget,
+K seeds each (`cifarlab repeat`), then Welch's t-test of each row against the recipe (`cifarlab compare`).
+Writes a Markdown table (mean ± std, n, difference, verdict).
 
   python benchmarks/ablation.py --recipe speedrun-cpu --data folder:PATH/train.tar.gz \\
-      --minutes 10 --seeds 5 [--only ema,tta2] [--set train.epochs=20 ...] [--out docs/ablation.md]
+      --minutes 10 --seeds 5 [--only ema,tta_shifts] [--set train.epochs=20 ...] [--out docs/ablation.md]
 
 Long: (options + 1) x seeds runs of `--minutes` each. At toy size (the bundled sample):
   python benchmarks/ablation.py --recipe quickstart --data sample --minutes 1 --seeds 2 \\
@@ -21,23 +22,39 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's cifarlab, not an installed one
 
+from cifarlab.config import load_config  # noqa: E402
 from cifarlab.studies.repeats import compare, repeat  # noqa: E402
 
-# option -> the keys that turn it on (off = the recipe's own values)
+# option -> (keys that turn it on, keys that turn it off). A recipe that has an option on is ablated by
+# turning it off ("without"); one that has it off gets it added ("with"). The baseline is the recipe as is.
 OPTIONS = {
-    "no_decay_norm_bias": {"optimizer.no_decay_norm_and_bias": True},
-    "norm_bias_lr_x64": {"optimizer.norm_bias_lr_mult": 64.0},
-    "muon": {"optimizer.name": "muon"},
-    "ema": {"train.ema": {"decay": 0.99}},
-    "alternate_flip": {"data.augment.flip": "alternate"},
-    "reflect_crop": {"data.augment.crop_mode": "reflect"},
-    "tta1": {"train.tta_level": 1},
-    "tta2": {"train.tta_level": 2},
-    "freeze_whiten_bias": {"model.options.freeze_whiten_bias_after": 3},  # speedrun_net only
-    "fit_time_limit": {"schedule.fit_time_limit": True},
-    "mixup": {"data.mix.mixup_alpha": 0.2},
-    "cutmix": {"data.mix.cutmix_alpha": 1.0},
+    "no_decay_norm_bias": ({"optimizer.no_decay_norm_and_bias": True}, {"optimizer.no_decay_norm_and_bias": False}),
+    "norm_bias_lr_x64": ({"optimizer.norm_bias_lr_mult": 64.0}, {"optimizer.norm_bias_lr_mult": 1.0}),
+    "muon": ({"optimizer.name": "muon"}, {"optimizer.name": "sgd"}),
+    "ema": ({"train.ema": {"decay": 0.99}}, {"train.ema": None}),
+    "alternate_flip": ({"data.augment.flip": "alternate"}, {"data.augment.flip": True}),
+    "reflect_crop": ({"data.augment.crop_mode": "reflect"}, {"data.augment.crop_mode": "zeros"}),
+    "tta_flip": ({"train.tta_level": 1}, {"train.tta_level": 0}),
+    "tta_shifts": ({"train.tta_level": 2}, {"train.tta_level": 1}),
+    "freeze_whiten_bias": ({"model.options.freeze_whiten_bias_after": 2}, {"model.options.freeze_whiten_bias_after": None}),
+    "triangle_schedule": ({"schedule.name": "triangle"}, {"schedule.name": "onecycle"}),
+    "label_smoothing": ({"train.label_smoothing": 0.2}, {"train.label_smoothing": 0.0}),
+    "mixup": ({"data.mix.mixup_alpha": 0.2}, {"data.mix.mixup_alpha": 0.0}),
+    "cutmix": ({"data.mix.cutmix_alpha": 1.0}, {"data.mix.cutmix_alpha": 0.0}),
 }
+
+
+def setting(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def is_on(cfg: dict, keys: dict) -> bool:
+    """Whether the resolved recipe already has every key of an option's 'on' setting (EMA: any EMA)."""
+    return all(setting(cfg, k) is not None if isinstance(v, dict) else setting(cfg, k) == v for k, v in keys.items())
+
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--recipe", default="speedrun-cpu")
@@ -75,24 +92,27 @@ def pm(values: list[float]) -> str:
     return f"{mean:.2%} ± {std:.2%}"
 
 
-off = run("off", {})
-split = "test" if off["test_accuracy"] else "val"
-rows = [f"| off (recipe as is) | {pm(off[f'{split}_accuracy'])} | {len(off[f'{split}_accuracy'])} | | |"]
+resolved = load_config(a.recipe, overrides=common).to_dict()
+base = run("recipe", {})
+split = "test" if base["test_accuracy"] else "val"
+rows = [f"| the recipe as it is | {pm(base[f'{split}_accuracy'])} | {len(base[f'{split}_accuracy'])} | | |"]
 for option in chosen:
-    on = run(option, OPTIONS[option])
-    test = compare(off, on, log=quiet)["tests"].get(split)
+    on_keys, off_keys = OPTIONS[option]
+    label = f"without {option}" if is_on(resolved, on_keys) else f"with {option}"
+    arm = run(label.replace(" ", "-"), off_keys if label.startswith("without") else on_keys)
+    test = compare(base, arm, log=quiet)["tests"].get(split)
     if test is None:
         verdict, diff = "too few finished runs", ""
     else:
         pval = "n/a" if test["p_value"] is None else f"{test['p_value']:.3g}"
         verdict = f"{'different' if test['significant'] else 'no significant difference'} (p = {pval})"
         diff = f"{test['difference']:+.2%}"
-    rows.append(f"| {option} | {pm(on[f'{split}_accuracy'])} | {len(on[f'{split}_accuracy'])} | {diff} | {verdict} |")
+    rows.append(f"| {label} | {pm(arm[f'{split}_accuracy'])} | {len(arm[f'{split}_accuracy'])} | {diff} | {verdict} |")
 
 keys = ", ".join(f"`{k}={v}`" for k, v in common.items())
 text = (f"# Ablation of the fast training options\n\n"
         f"Recipe `{a.recipe}`, {a.seeds} seeds per row, every run limited to {a.minutes:g} minutes of training "
-        f"({keys}); {split} accuracy; Welch's t-test of each option against `off` at alpha 0.05. "
+        f"({keys}); {split} accuracy; Welch's t-test of each row against the recipe as it is, at alpha 0.05. "
         f"Measured {datetime.date.today().isoformat()} by `benchmarks/ablation.py`; runs in {work}.\n\n"
         f"| option | {split} accuracy (mean ± std) | n | difference | Welch's t-test |\n|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")

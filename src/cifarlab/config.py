@@ -128,7 +128,9 @@ class ScheduleConfig(_Section):
     milestones: list[Annotated[int, Field(ge=1, le=MAX_EPOCHS)]] = Field(
         default_factory=list, max_length=1000, description="multistep: epochs at which lr *= gamma")
     min_lr: float = Field(0.0, ge=0, le=1000, description="cosine: the lr reached at the end")
-    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of training spent rising")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle, triangle: fraction of training spent rising")
+    start_factor: float = Field(0.2, ge=0, le=1, description="triangle: the LR at the start, as a fraction of lr")
+    end_factor: float = Field(0.07, ge=0, le=1, description="triangle: the LR at the end, as a fraction of lr")
     fit_time_limit: bool = Field(False, description="progress = training time spent / train.time_limit_minutes, so the "
                                                     "schedule ends at the budget (not bit-reproducible: depends on speed)")
 
@@ -143,6 +145,8 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
+    val_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="validate after every Nth epoch and the last one "
+                           "(Lightning's check_val_every_n_epoch); best.pt is chosen among the validated epochs")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     time_limit_minutes: float | None = Field(None, gt=0, le=10**7, description="stop when this much training time is spent")
     early_stopping_patience: int | None = Field(

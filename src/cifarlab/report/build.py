@@ -73,7 +73,7 @@ def _curves(run: Run) -> Section:
     best = run.best
     best_epoch = (run.summary or {}).get("best_epoch") or (best["epoch"] if best else None)
     fig = plots.plot_curves({run.name: run.metrics}, {run.name: best_epoch} if best_epoch else None)
-    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), f"{r['val_loss']:.4f}",
+    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), f"{r['val_loss']:.4f}" if r["val_loss"] == r["val_loss"] else "",
              pct(r["val_accuracy"]), f"{r['lr']:.3e}", f"{r['epoch_seconds']:.1f}", f"{r['images_per_second']:,.0f}"]
             for r in run.metrics]
     return Section("curves", "Training curves", [

@@ -21,7 +21,7 @@ def format_seconds(s: float | None) -> str:
 
 
 def pct(x: float | None, digits: int = 2) -> str:
-    return "" if x is None else f"{100 * x:.{digits}f}%"
+    return "" if x is None or x != x else f"{100 * x:.{digits}f}%"  # None or NaN: no figure
 
 
 def text_table(header: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:

@@ -32,7 +32,8 @@ class TensorBoardCallback(Callback):
             # purge_step: a resumed run drops what an interrupted session logged past its last checkpoint
             self.writer = SummaryWriter(str(self.log_dir), purge_step=row["epoch"])
         for tag, key in SCALARS.items():
-            self.writer.add_scalar(tag, row[key], row["epoch"])
+            if row[key] == row[key]:  # NaN: an epoch train.val_every did not validate
+                self.writer.add_scalar(tag, row[key], row["epoch"])
         self.writer.flush()  # visible in TensorBoard now, not when the run ends
 
     def on_fit_end(self, trainer, summary: dict) -> None:

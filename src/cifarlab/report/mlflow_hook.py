@@ -204,7 +204,7 @@ class MlflowCallback(Callback):
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
-                   if k != "epoch" and isinstance(v, (int, float))]
+                   if k != "epoch" and isinstance(v, (int, float)) and v == v]  # NaN: not validated
         self._client.log_batch(self.run_id, metrics=metrics)
 
     def _log_end(self, trainer, summary: dict) -> None:

@@ -45,7 +45,8 @@ class Run:
     @property
     def best(self) -> dict | None:
         """The best epoch's metrics row (by validation accuracy, first of ties, as the trainer picks)."""
-        return max(self.metrics, key=lambda r: r["val_accuracy"], default=None)
+        validated = [r for r in self.metrics if r["val_accuracy"] == r["val_accuracy"]]  # NaN: not validated
+        return max(validated, key=lambda r: r["val_accuracy"], default=None)
 
     def setting(self, dotted: str):
         node = self.config

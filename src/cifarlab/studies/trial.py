@@ -19,6 +19,8 @@ def _pruning(trial):
     import optuna
 
     def report(trainer, row):
+        if row["val_accuracy"] != row["val_accuracy"]:
+            return  # NaN: an epoch train.val_every did not validate
         trial.report(row["val_accuracy"], row["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")

@@ -124,3 +124,13 @@ def onecycle(cfg, at):
         return lo + (1 - lo) * 0.5 * (1 - math.cos(math.pi * at.step / rise))
     t = min(1.0, (at.step - rise) / max(1, at.total - rise))
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@register_schedule("triangle", warmup=False)
+def triangle(cfg, at):
+    """airbench's: linear from start_factor x lr up to lr at pct_start, then linear down to end_factor x lr."""
+    peak = max(1, int(cfg.pct_start * at.total))
+    if at.step < peak:
+        return cfg.start_factor + (1 - cfg.start_factor) * at.step / peak
+    t = min(1.0, (at.step - peak) / max(1, at.total - peak))
+    return 1 + (cfg.end_factor - 1) * t

@@ -101,6 +101,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.epoch, self.history = 0, []
         self.best = {"val_accuracy": -1.0, "epoch": 0}
+        self._best_val_pred = None  # (logits, labels) of the best epoch's validation, this session only
         if state is not None:
             self._restore(state)
         self.saved_epoch = self.epoch  # the last epoch whose checkpoint is on disk
@@ -130,12 +131,18 @@ class Trainer:
         for epoch in range(self.epoch + 1, t.epochs + 1):
             epoch0 = self.clock()
             row = self._train_epoch(epoch)
-            self.dist.sync_buffers(self.model)  # every rank then evaluates the same model
-            val_loss, val_acc = loss_and_accuracy(*self._predict(self.data.val))
+            out_of_time = self.dist.any(self._out_of_time(), self.device)
+            # train.val_every: a speed run's validation (6 views with TTA level 2) costs what ~0.2 epochs of
+            # training do, so it may validate only at the end; unvalidated epochs get NaN and are never "best"
+            val_acc = val_loss = math.nan
+            if epoch % t.val_every == 0 or epoch == t.epochs or out_of_time:
+                self.dist.sync_buffers(self.model)  # every rank then evaluates the same model
+                pred = self._predict(self.data.val)
+                val_loss, val_acc = loss_and_accuracy(*pred)
             row.update(val_loss=val_loss, val_accuracy=val_acc, epoch_seconds=self.clock() - epoch0)
             improved = val_acc > self.best["val_accuracy"]
-            if improved:
-                self.best = {"val_accuracy": val_acc, "epoch": epoch}
+            if improved:  # kept, so that the end of the run need not predict the same weights again
+                self.best, self._best_val_pred = {"val_accuracy": val_acc, "epoch": epoch}, pred
             self.history.append(row)
             self.epoch = epoch
             self._save(improved)
@@ -143,14 +150,16 @@ class Trainer:
             self.log(self._epoch_line(row, improved))
             for callback in self.callbacks:  # e.g. live TensorBoard curves, Optuna pruning (may raise to stop)
                 callback.on_epoch_end(self, row)
-            chance_streak = chance_streak + 1 if val_acc <= 1.5 / self.data.num_classes else 0
+            validated = not math.isnan(val_acc)
+            if validated:
+                chance_streak = chance_streak + 1 if val_acc <= 1.5 / self.data.num_classes else 0
             if chance_streak == CHANCE_EPOCHS:
                 self.log(f"warning: validation accuracy has stayed at chance ({1 / self.data.num_classes:.0%}) for "
                          f"{CHANCE_EPOCHS} epochs: the network is not learning; try a 10x smaller or larger --lr, "
                          "another optimizer or initialisation")
-            if t.early_stopping_patience and epoch - self.best["epoch"] >= t.early_stopping_patience:
+            if t.early_stopping_patience and validated and epoch - self.best["epoch"] >= t.early_stopping_patience:
                 stop_reason = f"early stopping: no better val accuracy for {t.early_stopping_patience} epochs"
-            if self.dist.any(self._out_of_time(), self.device):
+            if out_of_time:
                 stop_reason = f"time limit of {t.time_limit_minutes:g} minutes reached"
             if stop_reason:
                 self.log(stop_reason)
@@ -234,7 +243,8 @@ class Trainer:
             return {}
         best = load_checkpoint(self.run.best)  # select on validation: sum up the best epoch's weights
         load_weights(self.eval_model, best["state_dict"], str(self.run.best))
-        val = full_metrics(*self._predict(self.data.val), self.data.classes)
+        cached = self._best_val_pred if best["epoch"] == self.best["epoch"] else None  # None after a resume
+        val = full_metrics(*(cached or self._predict(self.data.val)), self.data.classes)
         test = full_metrics(*self._predict(self.data.test), self.data.classes) if self.data.test is not None else None
         images = sum(r["images_per_second"] * r["train_seconds"] for r in self.history)
         summary = {
@@ -298,10 +308,11 @@ class Trainer:
 
     def _epoch_line(self, r: dict, improved: bool) -> str:
         width = len(str(self.cfg.train.epochs))
+        val = (f"val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}" if not math.isnan(r["val_accuracy"])
+               else "not validated")
         return (f"epoch {r['epoch']:>{width}}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
-                f"acc {r['train_accuracy']:6.2%}  val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}"
-                f"{' *' if improved else '  '}  lr {r['lr']:.2e}  {r['epoch_seconds']:.1f}s  "
-                f"{r['images_per_second']:.0f} img/s  {r['peak_memory_mb']:.0f} MiB peak")
+                f"acc {r['train_accuracy']:6.2%}  {val}{' *' if improved else '  '}  lr {r['lr']:.2e}  "
+                f"{r['epoch_seconds']:.1f}s  {r['images_per_second']:.0f} img/s  {r['peak_memory_mb']:.0f} MiB peak")
 
     def _progress_bar(self, epoch: int):
         if not self.progress:
