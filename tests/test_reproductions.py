@@ -2,6 +2,11 @@
 study presets (issue: seed reproductions you can trust)."""
 from __future__ import annotations
 
+import json
+
+import pytest
+import yaml
+
 from cifarlab.config import ReportedFigure, list_recipes, load_config
 from cifarlab.report.hooks import reported_line
 from cifarlab.studies.space import read_study_file
@@ -55,3 +60,27 @@ def test_a_run_of_a_recipe_with_a_seed_figure_ends_with_the_comparison(cli, tmp_
     line = next(x for x in last if x.startswith("seed 004: 55.0% (test"))
     assert "best validation" in line and "points" in line
     assert line in (tmp_path / "run" / "train.log").read_text()
+    # and `cifarlab runs` shows the same gap in its vs_seed column (table, CSV, JSON)
+    code, out, err = cli("runs", str(tmp_path), "--json")
+    row = json.loads(out.strip().splitlines()[-1])[0]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert row["vs_seed"] == pytest.approx(summary["best_val_accuracy"] - 0.55) and row["vs_split"] == "val"
+    code, out, err = cli("runs", str(tmp_path))
+    assert f"{100 * row['vs_seed']:+.1f} pts val" in out and "vs_seed" in out.splitlines()[0]
+
+
+def test_vs_seed_uses_the_test_split_when_a_run_has_one_and_is_empty_without_a_seed_figure(tmp_path):
+    from cifarlab.report.runs import format_row, load_run, run_row
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,epoch_seconds,"
+                                     "train_seconds,images_per_second,peak_memory_mb\n1,1,0.5,1,0.6,0.1,1,1,100,10\n")
+    for reported, test, want, split in [(0.55, 0.58, 0.03, "test"), (0.70, None, -0.10, "val"), (None, 0.58, None, "test")]:
+        cfg = {"name": "x", "model": {"name": "mlp"}, **({"reported": {"accuracy": reported}} if reported else {})}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "summary.json").write_text(json.dumps({"best_val_accuracy": 0.6, "test_accuracy": test, "epochs_run": 1}))
+        row = run_row(load_run(run))
+        assert (row["vs_seed"] is None) if want is None else row["vs_seed"] == pytest.approx(want), (reported, test)
+        shown = format_row(row)["vs_seed"]
+        assert shown == ("" if want is None else f"{100 * want:+.1f} pts {split}")

@@ -37,7 +37,7 @@ def report(
 def runs(
     root: Path = typer.Argument(Path("runs"), help="the folder to search for runs (default runs/)"),
     sort: Optional[str] = typer.Option(None, "--sort", help="a column: run, model, optimizer, lr, batch_size, epochs, "
-                                       "augment, best_val, test, time, status"),
+                                       "augment, best_val, test, vs_seed, time, status"),
     desc: bool = typer.Option(False, "--desc", help="sort descending (e.g. --sort best_val --desc: best first)"),
     filters: List[str] = typer.Option([], "--filter", help="KEY=VALUE, a column or config key: model=tutorial_cnn, "
                                       "train.batch_size=64 (repeat to combine)"),
@@ -59,7 +59,7 @@ def runs(
         print(f"no runs below '{root}'" + (" match the filters" if filters else ""))
         return
     shown = [format_row(r) for r in rows]
-    numeric = {COLUMNS.index(c) for c in ("lr", "batch_size", "epochs", "best_val", "test", "time")}
+    numeric = {COLUMNS.index(c) for c in ("lr", "batch_size", "epochs", "best_val", "test", "vs_seed", "time")}
     print(text_table(COLUMNS, [[r[c] for c in COLUMNS] for r in shown], right=numeric))
 
 

@@ -73,8 +73,9 @@ def _curves(run: Run) -> Section:
     best = run.best
     best_epoch = (run.summary or {}).get("best_epoch") or (best["epoch"] if best else None)
     fig = plots.plot_curves({run.name: run.metrics}, {run.name: best_epoch} if best_epoch else None)
-    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), f"{r['val_loss']:.4f}" if r["val_loss"] == r["val_loss"] else "",
-             pct(r["val_accuracy"]), f"{r['lr']:.3e}", f"{r['epoch_seconds']:.1f}", f"{r['images_per_second']:,.0f}"]
+    val_loss = lambda r: f"{r['val_loss']:.4f}" if r["val_loss"] == r["val_loss"] else ""  # noqa: E731  NaN: not validated
+    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), val_loss(r), pct(r["val_accuracy"]),
+             f"{r['lr']:.3e}", f"{r['epoch_seconds']:.1f}", f"{r['images_per_second']:,.0f}"]
             for r in run.metrics]
     return Section("curves", "Training curves", [
         _img("curves", fig, f"train (dashed) and validation (solid) per epoch; best epoch {best_epoch} circled"),

@@ -67,7 +67,8 @@ def plot_curves(histories: Mapping[str, Sequence[dict]], best_epochs: Mapping[st
                         label=f"{label} train" if val_key else label)
             if val_key:
                 vals = [r[val_key] for r in rows]
-                ax.plot(epochs, vals, color=color, ls="-", label=f"{label} val")
+                sparse = sum(v == v for v in vals) < len(vals)  # train.val_every: NaN gaps; markers keep lone points
+                ax.plot(epochs, vals, color=color, ls="-", marker="." if sparse else None, label=f"{label} val")
                 if best in epochs:
                     j = epochs.index(best)
                     ax.plot([best], [vals[j]], "o", color=color, ms=7, mfc="white", mew=2)

@@ -19,7 +19,8 @@ from cifarlab.errors import UserError
 from cifarlab.report.format import format_seconds, pct
 from cifarlab.train.rundir import RunDir, read_metrics
 
-COLUMNS = ["run", "model", "optimizer", "lr", "batch_size", "epochs", "augment", "best_val", "test", "time", "status"]
+COLUMNS = ["run", "model", "optimizer", "lr", "batch_size", "epochs", "augment", "best_val", "test", "vs_seed", "time",
+           "status"]
 DESCRIPTIONS = {"best_val": "best validation accuracy", "test": "test accuracy (evaluated once)",
                 "epochs": "epochs run / planned", "time": "wall time (training time while unfinished)"}
 
@@ -130,12 +131,17 @@ def run_row(run: Run, root: Path | None = None) -> dict:
     done = s.get("epochs_run", len(run.metrics))
     time_s = s.get("wall_seconds") if s.get("wall_seconds") is not None else sum(r["epoch_seconds"] for r in run.metrics)
     label = run.path.relative_to(root).as_posix() if root is not None and run.path != root else run.path.name
+    best_val = s.get("best_val_accuracy", best["val_accuracy"] if best else None)
+    # vs_seed: this run's figure minus the figure its recipe's seed report gives (`reported:`), in points;
+    # the test split's when the run has one, else validation's (the seeds measured on test)
+    seed, ours = run.setting("reported.accuracy"), s.get("test_accuracy") if s.get("test_accuracy") is not None else best_val
     return {"run": label or run.path.name, "name": run.name, "path": str(run.path),
             "model": run.setting("model.name") or s.get("model"), "optimizer": run.setting("optimizer.name"),
             "lr": run.setting("optimizer.lr"), "batch_size": run.setting("train.batch_size"),
             "epochs": f"{done}/{planned}" if planned else str(done), "epochs_run": done, "augment": "on" if on else "off",
-            "best_val": s.get("best_val_accuracy", best["val_accuracy"] if best else None),
-            "test": s.get("test_accuracy"), "time": time_s, "status": run.status}
+            "best_val": best_val, "test": s.get("test_accuracy"),
+            "vs_seed": ours - seed if isinstance(seed, (int, float)) and ours is not None else None,
+            "vs_split": "test" if s.get("test_accuracy") is not None else "val", "time": time_s, "status": run.status}
 
 
 def format_row(row: dict) -> dict:
@@ -143,7 +149,8 @@ def format_row(row: dict) -> dict:
     lr = row["lr"]
     return {**{k: "" if v is None else str(v) for k, v in row.items()},
             "lr": "" if lr is None else f"{lr:g}", "best_val": pct(row["best_val"]), "test": pct(row["test"]),
-            "time": format_seconds(row["time"])}
+            "time": format_seconds(row["time"]),
+            "vs_seed": "" if row.get("vs_seed") is None else f"{100 * row['vs_seed']:+.1f} pts {row['vs_split']}"}
 
 
 def _matches(row: dict, run: Run, key: str, want: str) -> bool:
@@ -193,14 +200,14 @@ def render_rows(rows: list[dict], fmt: str) -> str:
     """`cifarlab runs --format csv|markdown`: CSV keeps raw values (fractions, seconds, the full path) for
     spreadsheets; Markdown shows the table's display strings, ready to paste into a report."""
     if fmt == "csv":
-        cols = COLUMNS + ["name", "path", "epochs_run"]
+        cols = COLUMNS + ["vs_split", "name", "path", "epochs_run"]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows({c: "" if r.get(c) is None else r[c] for c in cols} for r in rows)
         return buf.getvalue()
     if fmt == "markdown":
-        numeric = {"lr", "batch_size", "epochs", "best_val", "test", "time"}
+        numeric = {"lr", "batch_size", "epochs", "best_val", "test", "vs_seed", "time"}
         cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
         lines = ["| " + " | ".join(COLUMNS) + " |",
                  "| " + " | ".join("---:" if c in numeric else "---" for c in COLUMNS) + " |"]
