@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from cifarlab.config import ScheduleConfig
 from cifarlab.report.build import build_run_report
-from cifarlab.report.runs import Run
+from cifarlab.report.runs import load_run
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.evaluate import evaluate_checkpoint
 from cifarlab.train.optim import lr_factor
@@ -27,7 +27,7 @@ def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path, epochs, ever
     best = max((r for r in rows if r["epoch"] in validated), key=lambda r: r["val_accuracy"])
     assert s["best_epoch"] == best["epoch"] == load_checkpoint(tmp_path / "r" / "best.pt")["epoch"]
     assert s["val"]["accuracy"] == pytest.approx(s["best_val_accuracy"])
-    assert Run(tmp_path / "r").best["epoch"] == best["epoch"]  # `cifarlab runs` skips the unvalidated rows
+    assert load_run(tmp_path / "r").best["epoch"] == best["epoch"]  # `cifarlab runs` skips the unvalidated rows
     build_run_report(tmp_path / "r")  # the report's table and curves take the gaps
     assert "not validated" in (tmp_path / "r" / "train.log").read_text() or validated == list(range(1, epochs + 1))
 
