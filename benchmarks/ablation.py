@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's cifarlab, not an installed one
 
-from cifarlab.config import load_config  # noqa: E402
+from cifarlab.config import get_key, load_config  # noqa: E402
 from cifarlab.studies.repeats import compare, repeat  # noqa: E402
 
 # option -> (keys that turn it on, keys that turn it off). A recipe that has an option on is ablated by
@@ -44,16 +44,9 @@ OPTIONS = {
 }
 
 
-def setting(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def is_on(cfg: dict, keys: dict) -> bool:
     """Whether the resolved recipe already has every key of an option's 'on' setting (EMA: any EMA)."""
-    return all(setting(cfg, k) is not None if isinstance(v, dict) else setting(cfg, k) == v for k, v in keys.items())
+    return all(get_key(cfg, k) is not None if isinstance(v, dict) else get_key(cfg, k) == v for k, v in keys.items())
 
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

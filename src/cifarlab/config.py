@@ -367,6 +367,16 @@ def load_raw(recipe: str | None = None, config_file: str | Path | None = None) -
     return {}
 
 
+def get_key(raw: dict, dotted: str) -> Any:
+    """`a.b.c` of a nested mapping, or None where any part is missing."""
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def set_key(raw: dict, dotted: str, value: Any) -> None:
     """Set `a.b.c` in a nested mapping, creating sections on the way."""
     parts = dotted.split(".")

@@ -21,6 +21,7 @@ from cifarlab.report.format import format_count, format_seconds, pct
 from cifarlab.report.predict import load_model
 from cifarlab.report.runs import COLUMNS, Run, find_runs, format_row, is_run_dir, load_run, run_row
 from cifarlab.report.summary import layer_table, table_totals
+from cifarlab.train.rundir import validated
 
 MISCLASSIFIED = 24
 UNFINISHED = "not available yet: the run has not finished (summary.json is written at its end)"
@@ -73,8 +74,8 @@ def _curves(run: Run) -> Section:
     best = run.best
     best_epoch = (run.summary or {}).get("best_epoch") or (best["epoch"] if best else None)
     fig = plots.plot_curves({run.name: run.metrics}, {run.name: best_epoch} if best_epoch else None)
-    val_loss = lambda r: f"{r['val_loss']:.4f}" if r["val_loss"] == r["val_loss"] else ""  # noqa: E731  NaN: not validated
-    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), val_loss(r), pct(r["val_accuracy"]),
+    rows = [[r["epoch"], f"{r['train_loss']:.4f}", pct(r["train_accuracy"]), f"{r['val_loss']:.4f}" if validated(r) else "",
+             pct(r["val_accuracy"]),
              f"{r['lr']:.3e}", f"{r['epoch_seconds']:.1f}", f"{r['images_per_second']:,.0f}"]
             for r in run.metrics]
     return Section("curves", "Training curves", [

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from cifarlab.config import get_key
 from cifarlab.errors import UserError
 from cifarlab.report.format import format_seconds, pct
-from cifarlab.train.rundir import RunDir, read_metrics
+from cifarlab.train.rundir import RunDir, read_metrics, validated
 
 COLUMNS = ["run", "model", "optimizer", "lr", "batch_size", "epochs", "augment", "best_val", "test", "vs_seed", "time",
            "status"]
@@ -46,16 +47,10 @@ class Run:
     @property
     def best(self) -> dict | None:
         """The best epoch's metrics row (by validation accuracy, first of ties, as the trainer picks)."""
-        validated = [r for r in self.metrics if r["val_accuracy"] == r["val_accuracy"]]  # NaN: not validated
-        return max(validated, key=lambda r: r["val_accuracy"], default=None)
+        return max(filter(validated, self.metrics), key=lambda r: r["val_accuracy"], default=None)
 
     def setting(self, dotted: str):
-        node = self.config
-        for part in dotted.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
-        return node
+        return get_key(self.config, dotted)
 
 
 def _locked(lock: Path) -> bool:
@@ -131,17 +126,17 @@ def run_row(run: Run, root: Path | None = None) -> dict:
     done = s.get("epochs_run", len(run.metrics))
     time_s = s.get("wall_seconds") if s.get("wall_seconds") is not None else sum(r["epoch_seconds"] for r in run.metrics)
     label = run.path.relative_to(root).as_posix() if root is not None and run.path != root else run.path.name
-    best_val = s.get("best_val_accuracy", best["val_accuracy"] if best else None)
+    best_val, test = s.get("best_val_accuracy", best["val_accuracy"] if best else None), s.get("test_accuracy")
     # vs_seed: this run's figure minus the figure its recipe's seed report gives (`reported:`), in points;
     # the test split's when the run has one, else validation's (the seeds measured on test)
-    seed, ours = run.setting("reported.accuracy"), s.get("test_accuracy") if s.get("test_accuracy") is not None else best_val
+    seed, ours = run.setting("reported.accuracy"), test if test is not None else best_val
     return {"run": label or run.path.name, "name": run.name, "path": str(run.path),
             "model": run.setting("model.name") or s.get("model"), "optimizer": run.setting("optimizer.name"),
             "lr": run.setting("optimizer.lr"), "batch_size": run.setting("train.batch_size"),
             "epochs": f"{done}/{planned}" if planned else str(done), "epochs_run": done, "augment": "on" if on else "off",
-            "best_val": best_val, "test": s.get("test_accuracy"),
+            "best_val": best_val, "test": test,
             "vs_seed": ours - seed if isinstance(seed, (int, float)) and ours is not None else None,
-            "vs_split": "test" if s.get("test_accuracy") is not None else "val", "time": time_s, "status": run.status}
+            "vs_split": "test" if test is not None else "val", "time": time_s, "status": run.status}
 
 
 def format_row(row: dict) -> dict:

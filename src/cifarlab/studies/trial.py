@@ -13,14 +13,15 @@ from pathlib import Path
 from cifarlab.config import validate_config
 from cifarlab.errors import TrainingDiverged
 from cifarlab.studies.space import Study
+from cifarlab.train.rundir import validated
 
 
 def _pruning(trial):
     import optuna
 
     def report(trainer, row):
-        if row["val_accuracy"] != row["val_accuracy"]:
-            return  # NaN: an epoch train.val_every did not validate
+        if not validated(row):
+            return  # an epoch train.val_every skipped: nothing to report
         trial.report(row["val_accuracy"], row["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")

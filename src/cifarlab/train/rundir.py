@@ -123,6 +123,11 @@ class RunDir:
             raise WriteFailed.from_os_error(self.log, err) from None
 
 
+def validated(row: dict) -> bool:
+    """Whether an epoch's metrics row has validation figures (train.val_every leaves NaN in the others)."""
+    return row["val_accuracy"] == row["val_accuracy"]  # NaN is the one float unequal to itself
+
+
 def read_metrics(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -33,7 +33,7 @@ from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_sta
 from cifarlab.train.param_groups import scaled_for_batch
 from cifarlab.train.resources import peak_memory_mb
 from cifarlab.train.resume_rules import apply_overrides, record_changes
-from cifarlab.train.rundir import RunDir, default_run_dir
+from cifarlab.train.rundir import RunDir, default_run_dir, validated
 from cifarlab.train.runtime import autocast, environment, resolve_device, resolve_precision
 
 CHANCE_EPOCHS = 3  # epochs at chance accuracy before we warn
@@ -101,7 +101,7 @@ class Trainer:
             self.forward = torch.compile(self.forward)
         self.epoch, self.history = 0, []
         self.best = {"val_accuracy": -1.0, "epoch": 0}
-        self._best_val_pred = None  # (logits, labels) of the best epoch's validation, this session only
+        self._best_val_pred = None  # (logits, labels) of best.pt's validation; None until one improves this session
         if state is not None:
             self._restore(state)
         self.saved_epoch = self.epoch  # the last epoch whose checkpoint is on disk
@@ -150,14 +150,13 @@ class Trainer:
             self.log(self._epoch_line(row, improved))
             for callback in self.callbacks:  # e.g. live TensorBoard curves, Optuna pruning (may raise to stop)
                 callback.on_epoch_end(self, row)
-            validated = not math.isnan(val_acc)
-            if validated:
+            if validated(row):
                 chance_streak = chance_streak + 1 if val_acc <= 1.5 / self.data.num_classes else 0
             if chance_streak == CHANCE_EPOCHS:
                 self.log(f"warning: validation accuracy has stayed at chance ({1 / self.data.num_classes:.0%}) for "
                          f"{CHANCE_EPOCHS} epochs: the network is not learning; try a 10x smaller or larger --lr, "
                          "another optimizer or initialisation")
-            if t.early_stopping_patience and validated and epoch - self.best["epoch"] >= t.early_stopping_patience:
+            if t.early_stopping_patience and validated(row) and epoch - self.best["epoch"] >= t.early_stopping_patience:
                 stop_reason = f"early stopping: no better val accuracy for {t.early_stopping_patience} epochs"
             if out_of_time:
                 stop_reason = f"time limit of {t.time_limit_minutes:g} minutes reached"
@@ -243,8 +242,7 @@ class Trainer:
             return {}
         best = load_checkpoint(self.run.best)  # select on validation: sum up the best epoch's weights
         load_weights(self.eval_model, best["state_dict"], str(self.run.best))
-        cached = self._best_val_pred if best["epoch"] == self.best["epoch"] else None  # None after a resume
-        val = full_metrics(*(cached or self._predict(self.data.val)), self.data.classes)
+        val = full_metrics(*(self._best_val_pred or self._predict(self.data.val)), self.data.classes)
         test = full_metrics(*self._predict(self.data.test), self.data.classes) if self.data.test is not None else None
         images = sum(r["images_per_second"] * r["train_seconds"] for r in self.history)
         summary = {
@@ -308,8 +306,7 @@ class Trainer:
 
     def _epoch_line(self, r: dict, improved: bool) -> str:
         width = len(str(self.cfg.train.epochs))
-        val = (f"val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}" if not math.isnan(r["val_accuracy"])
-               else "not validated")
+        val = f"val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}" if validated(r) else "not validated"
         return (f"epoch {r['epoch']:>{width}}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
                 f"acc {r['train_accuracy']:6.2%}  {val}{' *' if improved else '  '}  lr {r['lr']:.2e}  "
                 f"{r['epoch_seconds']:.1f}s  {r['images_per_second']:.0f} img/s  {r['peak_memory_mb']:.0f} MiB peak")
