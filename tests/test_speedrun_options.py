@@ -15,6 +15,7 @@ from cifarlab.train.optim import lr_factor
 from cifarlab.train.param_groups import param_groups
 from cifarlab.train.rundir import read_metrics
 from cifarlab.train.trainer import Trainer, train
+from conftest import assert_user_error, set_args, tiny_overrides
 from test_fast_wiring import assert_resumes_exactly, cfg_with, quiet
 
 
@@ -94,3 +95,15 @@ def test_faster_norm_biases_shrink_per_step_as_much_as_the_weights(mult):
     b.grad = torch.zeros(3)
     opt.step()
     assert b.detach() == pytest.approx(torch.full((3,), 1 - 0.5 * 1e-3))
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("train.val_every", "two", "train.val_every"), ("train.val_every", 1.5, "train.val_every"),
+    ("train.val_every", -3, "greater than or equal to 1"), ("train.val_every", 10**9, "train.val_every"),
+    ("schedule.start_factor", "high", "schedule.start_factor"), ("schedule.start_factor", 2, "less than or equal to 1"),
+    ("schedule.end_factor", -1, "greater than or equal to 0"), ("schedule.name", "triangel", "triangle"),
+])
+def test_wrong_speed_run_keys_are_one_line_errors_and_write_nothing(cli, tmp_path, key, value, says):
+    out = tmp_path / "run"
+    assert_user_error(cli("train", *set_args(tiny_overrides(**{key: value})), "--out", out), says)
+    assert not out.exists()  # refused before a run directory is made
