@@ -215,3 +215,60 @@ def test_a_worker_whose_trial_was_handed_to_a_retry_logs_it_and_goes_on(study_on
     run_trial(study, s, trial, tmp_path, lines.append)  # must not raise
     assert any("handed to a retry" in line for line in lines), lines
     assert s.get_trials()[0].state == TrialState.FAIL  # the other worker's verdict stands
+
+
+# ---------------------------------------------------------------------- a trial cut off mid-way
+
+class _CutAfter:
+    """Stands for kill -9 after `epoch`: the epoch's checkpoints are written before callbacks run."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, trainer, row):
+        if row["epoch"] == self.epoch:
+            raise SystemExit("killed")
+
+
+def _metrics(run: Path) -> list[str]:
+    # the figures of each epoch without its timings, which differ from run to run
+    return [",".join(line.split(",")[:5]) for line in (run / "metrics.csv").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("cut_after", [1, 2])
+def test_a_trial_cut_off_mid_way_continues_from_its_checkpoint_exactly(tmp_path, cut_after):
+    from cifarlab.studies.trial import train_one
+    from test_report import synthetic_data, tiny_config
+
+    cfg = tiny_config(**{"train.epochs": 3})
+    with synthetic_data():
+        whole = train_one(cfg, tmp_path / "whole", report=False)
+        with pytest.raises(SystemExit):
+            train_one(cfg, tmp_path / "cut", [_CutAfter(cut_after)], report=False)
+        assert not (tmp_path / "cut" / "summary.json").exists()
+        seen = []
+        again = train_one(cfg, tmp_path / "cut", [lambda trainer, row: seen.append(row["epoch"])], report=False)
+    assert seen == list(range(cut_after + 1, 4))  # only the epochs left were trained
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
+    assert again["best_val_accuracy"] == whole["best_val_accuracy"]
+
+
+@pytest.mark.parametrize("damage", ["other config", "damaged checkpoint", "no checkpoint"])
+def test_a_cut_off_run_that_cannot_continue_is_trained_again_from_scratch(tmp_path, damage):
+    from cifarlab.studies.trial import train_one
+    from test_report import synthetic_data, tiny_config
+
+    cfg = tiny_config(**{"train.epochs": 2})
+    run = tmp_path / "cut"
+    with synthetic_data():
+        ran = tiny_config(**{"train.epochs": 2, "optimizer.lr": 0.01}) if damage == "other config" else cfg
+        with pytest.raises(SystemExit):
+            train_one(ran, run, [_CutAfter(1)], report=False)
+        if damage == "damaged checkpoint":
+            (run / "last.pt").write_bytes(b"not a checkpoint")
+        elif damage == "no checkpoint":
+            (run / "last.pt").unlink()
+        seen = []
+        train_one(cfg, run, [lambda trainer, row: seen.append(row["epoch"])], report=False)
+    assert seen == [1, 2]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3

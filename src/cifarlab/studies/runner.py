@@ -9,7 +9,8 @@ never used to choose).
 
 Reliability: every running trial sends a heartbeat; a trial whose worker died (kill -9, a lost
 machine) goes stale after the grace period, is marked FAIL and re-enqueued with the same params
-(Optuna's RetryHeartbeatStaleTrialCallback). A trial that raises (diverged, crashed) is FAIL with
+(Optuna's RetryHeartbeatStaleTrialCallback); the retry continues the killed runs from their last
+checkpoints (studies/trial.py). A trial that raises (diverged, crashed) is FAIL with
 its reason in the user attribute `fail_reason`, and the study goes on. How a trial is popped, asked,
 beaten for and retried on Optuna's storage is in studies/optuna_adapter.py.
 """

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from cifarlab.config import validate_config
-from cifarlab.errors import TrainingDiverged
+from cifarlab.errors import TrainingDiverged, UserError
 from cifarlab.studies.space import Study
 from cifarlab.train.rundir import validated
 
@@ -28,14 +28,34 @@ def _pruning(trial):
     return report
 
 
+def _resumable(cfg, run_dir: Path) -> bool:
+    """A run of this very configuration that was cut off (kill -9, a session's end) after some epoch,
+    with a checkpoint that loads: it can continue where it stopped."""
+    from cifarlab.train.checkpoint import check_resume_state, load_checkpoint
+    from cifarlab.train.rundir import RunDir
+    from cifarlab.train.trainer import read_run_config
+
+    run = RunDir(run_dir)
+    if not (run.last.is_file() and run.config.is_file()):
+        return False
+    try:
+        if validate_config(read_run_config(run)).model_dump() != cfg.model_dump():
+            return False
+        check_resume_state(load_checkpoint(run.last), run.last)
+        return True
+    except UserError:  # a damaged config.yaml or checkpoint: train again from scratch
+        return False
+
+
 def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
-    """Train into run_dir; a run that finished there before (a retried trial) is not trained again.
+    """Train into run_dir; a run that finished there before (a retried trial) is not trained again, and
+    one cut off mid-way continues from its last checkpoint, exactly as `cifarlab train --resume` would.
     report=False skips each run's report.html (seconds of plotting per run in a long sweep).
     A callback with an `abort(status)` method (MLflow's) hears of a run that stopped with an exception."""
     import optuna
 
     from cifarlab.report.hooks import WriteReport
-    from cifarlab.train.trainer import train
+    from cifarlab.train.trainer import resume, train
 
     summary = run_dir / "summary.json"
     if summary.is_file():
@@ -44,10 +64,13 @@ def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
             raise TrainingDiverged(done.get("stopped_reason") or "diverged")
         if done.get("status") in ("completed", "stopped"):
             return done
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut off mid-way starts again from scratch
     # the report first: end-of-run hooks run in order, and the MLflow hook uploads report.html
+    hooks = [WriteReport(), *callbacks] if report else list(callbacks)
     try:
-        return train(cfg, run_dir, log=lambda _line: None, callbacks=[WriteReport(), *callbacks] if report else callbacks)
+        if _resumable(cfg, run_dir):  # an hour of a killed study's trial is not thrown away
+            return resume(run_dir, log=lambda _line: None, callbacks=hooks)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return train(cfg, run_dir, log=lambda _line: None, callbacks=hooks)
     except BaseException as err:
         status = "KILLED" if isinstance(err, (optuna.TrialPruned, KeyboardInterrupt)) else "FAILED"
         for cb in callbacks:
