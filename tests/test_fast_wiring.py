@@ -10,10 +10,11 @@ from cifarlab.data.augment import BatchTransform
 from cifarlab.data.loader import PreparedData
 from cifarlab.errors import UserError
 from cifarlab.train.checkpoint import load_checkpoint
+from cifarlab.train.entry import resume, train
 from cifarlab.train.evaluate import evaluate_checkpoint
 from cifarlab.train.optim import build_optimizer, build_scheduler, lr_factor
 from cifarlab.train.rundir import read_metrics
-from cifarlab.train.trainer import Trainer, resume, train
+from cifarlab.train.trainer import Trainer
 from conftest import tiny_overrides
 
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from cifarlab.config import load_config
+from cifarlab.train.entry import train
 from cifarlab.train.rundir import read_metrics
-from cifarlab.train.trainer import train
 from conftest import tiny_overrides
 
 

@@ -37,7 +37,7 @@ def digest(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
     out = tmp_path_factory.mktemp("runs") / "r1"
     train(load_config(overrides=tiny_overrides()), out, log=lambda _l: None)
     return out
@@ -58,7 +58,7 @@ def test_export_never_writes_over_a_run(cli, run_dir, target):
 def test_no_other_command_writes_into_a_run(cli, run_dir, tmp_path):
     before = digest(run_dir)
     other = tmp_path / "other"
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
     train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), other, log=lambda _l: None)
     one_line(*cli("report", other, "-o", run_dir), match="run directory")      # another run's report
     one_line(*cli("report", other, run_dir, "-o", run_dir / "cmp"), match="run directory")  # a comparison inside
@@ -88,7 +88,7 @@ def test_resume_refuses_what_it_cannot_honour(cli, run_dir):
 
 
 def test_resume_records_what_changed(tmp_path):
-    from cifarlab.train.trainer import resume, train
+    from cifarlab.train.entry import resume, train
     out = tmp_path / "r"
     train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), out, log=lambda _l: None)
     resume(out, {"train.epochs": 2, "train.threads": 1}, log=lambda _l: None)  # threads equal: no change
@@ -101,7 +101,7 @@ def test_resume_records_what_changed(tmp_path):
 # ---------------------------------------------------------------- exit codes and messages
 
 def test_ctrl_c_names_the_run_and_exits_130(tmp_path, cli, monkeypatch):
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
 
     def stop(trainer, row):
         raise KeyboardInterrupt
@@ -110,8 +110,8 @@ def test_ctrl_c_names_the_run_and_exits_130(tmp_path, cli, monkeypatch):
     with pytest.raises(Interrupted) as info:
         train(load_config(overrides=tiny_overrides()), out, log=lambda _l: None, callbacks=[stop])
     assert str(info.value) == f"interrupted at epoch 1; continue with cifarlab train --resume {out}"
-    import cifarlab.train.trainer as trainer_mod
-    monkeypatch.setattr(trainer_mod, "train", lambda *a, **k: (_ for _ in ()).throw(Interrupted(out, 3)))
+    import cifarlab.train.entry as entry_mod
+    monkeypatch.setattr(entry_mod, "train", lambda *a, **k: (_ for _ in ()).throw(Interrupted(out, 3)))
     line = one_line(*cli("train", "--recipe", "quickstart", "--out", tmp_path / "x"), want=130)
     assert line == f"cifarlab: interrupted at epoch 3; continue with cifarlab train --resume {out}"
 
@@ -246,7 +246,7 @@ def test_checkpoints_with_odd_fields_are_one_line(cli, run_dir, tmp_path, damage
 
 
 def test_resume_from_a_damaged_last_pt_is_one_line(cli, tmp_path):
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
     out = tmp_path / "r"
     train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), out, log=lambda _l: None)
     for damage in (lambda c: c.pop("optimizer"), lambda c: c.update(history="x"), lambda c: c.update(best={})):

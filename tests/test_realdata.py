@@ -2,7 +2,7 @@
 import pytest
 
 from cifarlab.config import load_config
-from cifarlab.train.trainer import train
+from cifarlab.train.entry import train
 from conftest import SHARED_CIFAR
 
 pytestmark = [pytest.mark.slow,

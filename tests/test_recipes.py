@@ -45,7 +45,7 @@ def cache(tmp_path_factory):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "cifarnet" else n  # ~60 s, 2.4M params
                                   for n in SEED_RECIPES])
 def test_short_recipe_trains(name, cache, tmp_path, monkeypatch):
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
 
     monkeypatch.setenv("CIFARLAB_CACHE", str(cache))
     cfg = load_config(recipe=f"{name}-short", overrides={

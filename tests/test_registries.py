@@ -16,6 +16,7 @@ from cifarlab.errors import UserError
 from cifarlab.models import build_model, register_model
 from cifarlab.models.registry import MODELS
 from cifarlab.registry import Registry
+from cifarlab.train.entry import train
 from cifarlab.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -27,7 +28,6 @@ from cifarlab.train.optim import (
     register_schedule,
 )
 from cifarlab.train.rundir import read_metrics
-from cifarlab.train.trainer import train
 from conftest import class_pattern, tiny_overrides
 
 

@@ -15,7 +15,7 @@ import torch
 
 from cifarlab.data.types import RawDataset
 from cifarlab.train.callbacks import Callback
-from cifarlab.train.trainer import train
+from cifarlab.train.entry import train
 from test_report import synthetic_data, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cifarlab"

@@ -3,7 +3,7 @@ import torch
 
 from cifarlab.config import load_config
 from cifarlab.models import build_model
-from cifarlab.train.trainer import train
+from cifarlab.train.entry import train
 from conftest import assert_user_error, tiny_overrides
 
 

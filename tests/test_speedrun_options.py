@@ -10,11 +10,12 @@ from cifarlab.config import ScheduleConfig
 from cifarlab.report.build import build_run_report
 from cifarlab.report.runs import load_run
 from cifarlab.train.checkpoint import load_checkpoint
+from cifarlab.train.entry import train
 from cifarlab.train.evaluate import evaluate_checkpoint
 from cifarlab.train.optim import lr_factor
 from cifarlab.train.param_groups import param_groups
 from cifarlab.train.rundir import read_metrics
-from cifarlab.train.trainer import Trainer, train
+from cifarlab.train.trainer import Trainer
 from conftest import assert_user_error, set_args, tiny_overrides
 from test_fast_wiring import assert_resumes_exactly, cfg_with, quiet
 

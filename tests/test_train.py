@@ -8,9 +8,9 @@ import torch
 from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
 from cifarlab.errors import TrainingDiverged, UserError
 from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.train.entry import resume, train
 from cifarlab.train.optim import build_optimizer, lr_factor
 from cifarlab.train.rundir import RunDir, read_metrics
-from cifarlab.train.trainer import resume, train
 from conftest import tiny_overrides, write_cifar10_archive
 
 

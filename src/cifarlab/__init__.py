@@ -102,7 +102,7 @@ def _train(recipe: str | None = None, config: "str | Path | Mapping | Experiment
     on in a terminal and in Jupyter. callbacks: more trainer callbacks (cifarlab.train.callbacks.Callback).
     log: where the epoch lines go (None: nowhere; they are in RUN_DIR/train.log anyway)."""
     from cifarlab.report.mlflow_hook import MlflowCallback
-    from cifarlab.train.trainer import train as train_run
+    from cifarlab.train.entry import train as train_run
 
     cfg = _config(recipe, config, overrides)
     hooks = [*callbacks]

@@ -50,8 +50,8 @@ def train(
     """Train a model: a recipe or config file, plus overrides."""
     from cifarlab.config import load_config, parse_assignment
     from cifarlab.report.hooks import CompareWithReported, WriteReport
-    from cifarlab.train.trainer import resume as resume_run
-    from cifarlab.train.trainer import train as train_run
+    from cifarlab.train.entry import resume as resume_run
+    from cifarlab.train.entry import train as train_run
 
     flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
              "optimizer.lr": lr, "optimizer.name": optimizer, "schedule.name": schedule,
@@ -99,14 +99,14 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
     from cifarlab.config import load_config
     from cifarlab.data.sources import load_dataset
     from cifarlab.train.distributed import launch
+    from cifarlab.train.entry import process_entry
     from cifarlab.train.rundir import RunDir, default_run_dir
-    from cifarlab.train.trainer import process_entry
 
     if resume is not None:
         if not RunDir(resume).last.exists():
             raise UserError(f"'{resume}' holds no run to resume (no last.pt): check the path")
+        from cifarlab.train.entry import read_run_config
         from cifarlab.train.resume_rules import apply_overrides
-        from cifarlab.train.trainer import read_run_config
         apply_overrides(read_run_config(RunDir(resume)), overrides)  # refused here, not in N processes
         path, cfg_dict = Path(resume), None
     else:
@@ -119,7 +119,7 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
     try:
         launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
     except KeyboardInterrupt:  # the ranks got the Ctrl-C too and stopped at a whole checkpoint
-        from cifarlab.train.trainer import _epochs_on_disk
+        from cifarlab.train.entry import _epochs_on_disk
         raise Interrupted(path, _epochs_on_disk(RunDir(path))) from None
     return json.loads((path / "summary.json").read_text())
 

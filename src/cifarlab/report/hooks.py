@@ -26,7 +26,7 @@ class WriteReport(Callback):
 
 def train_and_report(cfg, out=None, log=print, progress: bool = False, callbacks=()) -> dict:
     """`train` as `cifarlab train` runs it, report included, for scripts and notebooks."""
-    from cifarlab.train.trainer import train
+    from cifarlab.train.entry import train
     return train(cfg, out, log=log, progress=progress, callbacks=[*callbacks, WriteReport()])
 
 

@@ -32,8 +32,8 @@ def _resumable(cfg, run_dir: Path) -> bool:
     """A run of this very configuration that was cut off (kill -9, a session's end) after some epoch,
     with a checkpoint that loads: it can continue where it stopped."""
     from cifarlab.train.checkpoint import check_resume_state, load_checkpoint
+    from cifarlab.train.entry import read_run_config
     from cifarlab.train.rundir import RunDir
-    from cifarlab.train.trainer import read_run_config
 
     run = RunDir(run_dir)
     if not (run.last.is_file() and run.config.is_file()):
@@ -55,7 +55,7 @@ def train_one(cfg, run_dir: Path, callbacks=(), report: bool = True) -> dict:
     import optuna
 
     from cifarlab.report.hooks import WriteReport
-    from cifarlab.train.trainer import resume, train
+    from cifarlab.train.entry import resume, train
 
     summary = run_dir / "summary.json"
     if summary.is_file():
