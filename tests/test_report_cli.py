@@ -211,6 +211,7 @@ def test_export_matches_pytorch(capsys, runs_root, tmp_path, fmt):
     assert code == 0, err
     res = last_json(out)
     assert res["out"] == str(out_file) and out_file.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir()] == [out_file.name]  # one self-contained file, no temp or NAME.data
     assert res["max_abs_diff"] < 1e-4
     # the exported file on an input of our own: raw [0, 1] pixels in, the checkpoint's logits out
     from cifarlab.report.predict import load_model, normalise
@@ -239,6 +240,43 @@ def test_export_default_path_and_bad_input(capsys, runs_root, tmp_path, monkeypa
           says="does not exist")
     monkeypatch.setattr("cifarlab.report.export._run_onnx", lambda path, x: torch.zeros(len(x), len(CLASSES)) + 5)
     fails(capsys, "export", "--checkpoint", run_dir, "--format", "onnx", says="disagrees with PyTorch")
+    assert (run_dir / "best.rejected.onnx").is_file() and not (run_dir / "best.onnx").exists()
+
+
+def _crash(*args, **kwargs):
+    raise RuntimeError("the exporter crashed half-way")
+
+
+def _disk_full(path, *args, **kwargs):
+    Path(path).write_bytes(b"half an export")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("failure", ["crash", "disk full", "disagrees"])
+def test_a_failed_export_leaves_the_file_that_was_there(capsys, runs_root, tmp_path, monkeypatch, fmt, failure):
+    out_file = tmp_path / f"model.{fmt}"
+    out_file.write_bytes(b"last week's good export")
+    writer = "torch.jit.trace" if fmt == "torchscript" else "cifarlab.report.export._export_onnx"
+    if failure == "crash":
+        monkeypatch.setattr(writer, _crash)
+    elif failure == "disk full":
+        if fmt == "onnx":
+            monkeypatch.setattr(writer, lambda model, example, path: _disk_full(path))
+        else:
+            monkeypatch.setattr(torch.jit.ScriptModule, "save", lambda self, path, *a, **k: _disk_full(path))
+    else:
+        monkeypatch.setattr(torch, "allclose", lambda *a, **k: False)
+    if failure == "crash":  # a bug, not the user's doing: it propagates, and still leaves the old file
+        from cifarlab.report.export import export_checkpoint
+        with pytest.raises(RuntimeError, match="crashed half-way"):
+            export_checkpoint(runs_root / "a" / "best.pt", fmt, out_file)
+    else:
+        fails(capsys, "export", "--checkpoint", runs_root / "a" / "best.pt", "--format", fmt, "--out", out_file,
+              says="No space left" if failure == "disk full" else "disagrees with PyTorch")
+    assert out_file.read_bytes() == b"last week's good export"
+    kept = {f"model.{fmt}"} | ({f"model.rejected.{fmt}"} if failure == "disagrees" else set())
+    assert {p.name for p in tmp_path.iterdir()} == kept  # and no temp file left behind
 
 
 # ------------------------------------------------------------------ train --tensorboard

@@ -4,6 +4,7 @@ A crash (or kill -9) at any moment leaves either the old file or the new one, ne
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -51,6 +52,26 @@ def atomic_write(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def replaced_when_done(path: Path):
+    """For writers that want a file name (the ONNX and TorchScript exporters): yields a temp path beside
+    `path`, renamed over `path` when the block ends without an exception and removed when it raises."""
+    path = Path(path)
+    try:
+        fd, tmp = _create_temp(path)
+        os.close(fd)
+    except OSError as err:
+        raise WriteFailed.from_os_error(path, err) from None
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:  # disk full mid-export: the file already there is untouched
+        raise WriteFailed.from_os_error(path, err) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: Path) -> None:

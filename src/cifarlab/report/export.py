@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from cifarlab.data.normalize import Normalize
 from cifarlab.errors import UserError
-from cifarlab.fileio import check_output_file
+from cifarlab.fileio import check_output_file, replaced_when_done
 from cifarlab.report.predict import load_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -55,8 +56,10 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> str:
             raise UserError(f"--format onnx needs the {name} package: pip install cifarlab[export]")
     batch = torch.export.Dim("batch", min=1)
     try:  # the torch.export-based exporter (torch's default since 2.9)
+        # external_data=False: one self-contained file (the weights inside, not in a NAME.data beside it
+        # that would have to travel with it); fine below ONNX's 2 GB limit, far above any model here
         torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
         return "torch.export"
     except Exception:  # noqa: BLE001  (some models only trace: fall back to the TorchScript-based exporter)
         torch.onnx.export(model, (example,), str(out), input_names=["images"], output_names=["logits"],
@@ -73,7 +76,9 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> dict:
     """Write the exported model, reload it with its own runtime, compare outputs on a random batch.
 
-    A difference beyond tolerance is a UserError (the file is kept for inspection)."""
+    The file at `out` is replaced only by an export that loaded and agreed: one that fails or crashes
+    half-way leaves what was there. A difference beyond tolerance is a UserError, and the disagreeing
+    export is kept beside it (model.rejected.onnx) for inspection."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': use onnx or torchscript")
     ckpt, model = load_model(checkpoint)
@@ -85,20 +90,21 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
     gen = torch.Generator().manual_seed(0)
     example, check = torch.rand(2, *shape, generator=gen), torch.rand(5, *shape, generator=gen)  # another batch size
-    with _quiet(), torch.no_grad():
+    with replaced_when_done(out) as tmp, _quiet(), torch.no_grad():
         if fmt == "onnx":
-            exporter = _export_onnx(model, example, out)
-            got = _run_onnx(out, check)
+            exporter = _export_onnx(model, example, tmp)
+            got = _run_onnx(tmp, check)
         else:
             exporter = "torch.jit.trace"
-            torch.jit.trace(model, example).save(str(out))
-            got = torch.jit.load(str(out))(check)
+            torch.jit.trace(model, example).save(str(tmp))
+            got = torch.jit.load(str(tmp))(check)
         want = model(check)
-    diff = (got - want).abs().max().item()
-    result = {"checkpoint": str(checkpoint), "format": fmt, "out": str(out), "exporter": exporter,
-              "input": f"float RGB in [0, 1], shape (batch, {', '.join(map(str, shape))})",
-              "classes": ckpt["classes"], "max_abs_diff": diff, "checked_batch": len(check)}
-    if not torch.allclose(got, want, atol=ATOL, rtol=RTOL):
-        raise UserError(f"the exported model in '{out}' disagrees with PyTorch (max abs diff {diff:.3g} > {ATOL:g}): "
-                        "do not use it; please report this model")
-    return result
+        diff = (got - want).abs().max().item()
+        if not torch.allclose(got, want, atol=ATOL, rtol=RTOL):
+            rejected = out.with_name(f"{out.stem}.rejected{out.suffix}")
+            os.replace(tmp, rejected)
+            raise UserError(f"the exported model disagrees with PyTorch (max abs diff {diff:.3g} > {ATOL:g}): "
+                            f"it is in '{rejected}' for inspection, do not use it; please report this model")
+    return {"checkpoint": str(checkpoint), "format": fmt, "out": str(out), "exporter": exporter,
+            "input": f"float RGB in [0, 1], shape (batch, {', '.join(map(str, shape))})",
+            "classes": ckpt["classes"], "max_abs_diff": diff, "checked_batch": len(check)}
