@@ -242,6 +242,42 @@ def _children(pid: int) -> list[int]:
         return [int(c) for c in f.read().split()]
 
 
+def test_kill_9_of_the_sweep_stops_its_workers_and_a_rerun_finishes_the_study(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"name": "p", "base": "quickstart", "method": "grid",
+                                 "set": {**SMALL, "train.epochs": 4, "data.train_limit": 600},
+                                 "space": {"optimizer.lr": [0.01, 0.02, 0.03]}}))
+    out = tmp_path / "st"
+    sweep = start("sweep", "--config", f, "--out", out, "--jobs", 2, "--heartbeat", 1)
+    db = f"sqlite:///{out / 'study.db'}"
+
+    def running():
+        try:
+            return [t.state.name for t in optuna.load_study(study_name="p", storage=db).get_trials()].count("RUNNING")
+        except Exception:  # not created yet
+            return 0
+    wait_for(lambda: running() == 2 and _children(sweep.pid), sweep, timeout=180, poll=0.1)
+    worker = _children(sweep.pid)[0]
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and os.path.exists(f"/proc/{worker}") and not _zombie(worker):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{worker}") or _zombie(worker), "the worker outlived its sweep"
+    code, _, err = finish(start("sweep", "--config", f, "--out", out, "--heartbeat", 1))
+    assert code == 0, err
+    trials = optuna.load_study(study_name="p", storage=db).get_trials()
+    assert sorted(t.params["optimizer.lr"] for t in trials if t.state.name == "COMPLETE") == [0.01, 0.02, 0.03]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
 def test_kill_9_of_one_sweep_worker_loses_nothing(tmp_path):
     f = tmp_path / "w.yaml"
     f.write_text(yaml.safe_dump({"name": "w", "base": "quickstart", "method": "grid",

@@ -62,11 +62,16 @@ def worker(
     worker_index: int = typer.Option(0, "--worker-index", min=0, max=100_000, help="picks this worker's sampler stream"),
     heartbeat: int = typer.Option(10, min=1, max=3600),
     idle_timeout: float = typer.Option(600, "--idle-timeout", min=0, max=10**7, help="leave after this many seconds without work"),
+    parent_pid: Optional[int] = typer.Option(None, "--parent-pid", hidden=True, help="stop when this process dies"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Join a study started by `cifarlab sweep --storage URL` (from this or any other machine)."""
     _quiet_optuna()
     from cifarlab.studies.runner import join
+
+    if parent_pid is not None:  # a worker `sweep --jobs N` started: kill -9 of the sweep stops it too
+        from cifarlab.train.distributed import die_with_parent
+        die_with_parent(parent_pid)
 
     ran = join(study, storage, out, worker_index, heartbeat, _say(as_json), idle_timeout)
     if as_json:

@@ -202,14 +202,16 @@ def default_storage(out: Path) -> str:
 
 
 def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> list:
+    import os
     import subprocess
     import sys
 
     procs = []
     for i in range(1, n + 1):
         logf = open(out / f"worker-{i}.log", "a")
-        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name,
-               "--storage", url, "--out", str(out), "--worker-index", str(i), "--heartbeat", str(heartbeat)]
+        # --parent-pid: a worker outliving a killed sweep would go on training beside the next one
+        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name, "--storage", url, "--out", str(out),
+               "--worker-index", str(i), "--heartbeat", str(heartbeat), "--parent-pid", str(os.getpid())]
         procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
     return procs
 
