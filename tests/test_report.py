@@ -295,6 +295,20 @@ def test_plot_functions_return_figures_and_png():
     assert plots.plot_metric_vs_param([16, 32], [0.5, 0.6], "width").axes[0].get_xscale() == "linear"
 
 
+@pytest.mark.parametrize("xs", [[1e-7, 1e-4, 0.1, 10.0], [1e-3, 1e-2, 1e-1], [16, 64, 256, 512], [0.0005, 0.001, 0.002]])
+def test_log_axes_are_labelled_in_plain_numbers(xs):
+    """Plots turn mathtext off (a '$' in a run name is text), so the log axes must not rely on it."""
+    from cifarlab.report import plots
+    ys = [2.5 - 0.1 * i for i in range(len(xs))]
+    for fig in (plots.plot_lr_find(xs, ys, {"valley": xs[1]}), plots.plot_metric_vs_param(xs, ys, "lr", log_x=True)):
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert ax.get_xscale() == "log" and labels, labels
+        assert all("$" not in t and "mathdefault" not in t for t in labels), labels
+        assert all(float(t) > 0 for t in labels), labels  # each label reads as the number it marks
+
+
 def test_filters_as_images_scales_each_filter():
     from cifarlab.report.plots import filters_as_images
     w = np.random.default_rng(0).normal(size=(5, 3, 4, 4)) * np.arange(1, 6)[:, None, None, None]

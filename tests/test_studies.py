@@ -355,3 +355,27 @@ def test_steep_suggestion_is_on_the_steep_descent():
     lrs, losses, clean = _lr_range_curve()
     s = suggestions(lrs, losses)
     assert _in_descent(s["steep"], clean), s
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("second_fall", [0.3, 0.5, 0.7])  # per decade: steeper than the first descent, ending above it
+def test_suggestions_ignore_a_fall_after_the_minimum(seed, second_fall):
+    """A bounded loss (label smoothing, BatchNorm) rises past its minimum without exploding and may fall again
+    at absurd LRs, as CifarNet's did (2.2 at lr 0.02, 3.1 at lr 1, 2.9 at lr 5): no suggestion may land there."""
+    from cifarlab.studies.lrfind import suggestions
+
+    def clean(lr):
+        x = math.log10(lr)
+        rise = 1.0 / (1 + math.exp(-4 * (x + 1)))  # up by 1.0 around lr 0.1
+        fall = second_fall * max(0.0, x)  # then down again over lr 1..10
+        return 0.9 + 0.5 / (1 + math.exp(1.5 * (x + 3))) + rise - fall  # a gentle first descent, as CifarNet's
+
+    rng = np.random.default_rng(seed)
+    lrs = [1e-5 * 10 ** (6 * i / 79) for i in range(80)]
+    losses = [clean(lr) + rng.normal(0, 0.005) for lr in lrs]
+    s = suggestions(lrs, losses)
+    lowest = lrs[min(range(len(lrs)), key=losses.__getitem__)]
+    assert lowest < 0.2, lowest  # the curve's own minimum is before the rise
+    assert s["valley"] <= lowest and s["steep"] <= lowest, (s, lowest)
+    assert s["minimum"] == pytest.approx(lowest / 10)
+    assert 1e-4 < s["steep"] < 1e-2, s  # on the first descent, centred on 1e-3

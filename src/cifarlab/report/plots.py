@@ -18,7 +18,7 @@ import numpy as np
 # Figure objects render through Agg on savefig without pyplot, so importing this module leaves the
 # caller's backend alone (a notebook keeps its inline backend).
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
 
 def _plain_text(plot):
@@ -97,6 +97,14 @@ def use_log_scale(values: Sequence[float], log_range: bool = False) -> bool:
     return log_range or max(xs) / min(xs) >= 10
 
 
+def set_log_x(ax) -> None:
+    """A logarithmic x axis labelled in plain numbers (0.001, 1e-05, 10): matplotlib's default log labels
+    are mathtext ($10^{-3}$), which the plots here turn off so that a '$' in a name stays a '$'."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 @_plain_text
 def plot_metric_vs_param(param_values: Sequence, metric_values: Sequence[float], param: str,
                          metric: str = "val_accuracy", errors: Sequence[float] | None = None,
@@ -130,7 +138,7 @@ def plot_metric_vs_param(param_values: Sequence, metric_values: Sequence[float],
     else:
         ax.plot(xs, ys, fmt, alpha=0.8)
     if numeric and log_x:
-        ax.set_xscale("log")
+        set_log_x(ax)
     ax.set_xlabel(param)
     ax.set_ylabel(metric)
     if title:
@@ -148,9 +156,10 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions: Map
     ax.plot(lrs, losses)
     for (name, lr), colour in zip(suggestions.items(), ("C1", "C2", "C3")):
         i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k] / lr)))
-        ax.plot([lr], [losses[i]], "o", color=colour, label=f"{name} {lr:.1e}")
+        shown = "minimum/10" if name == "minimum" else name  # fastai's name for the lowest loss's LR / 10
+        ax.plot([lr], [losses[i]], "o", color=colour, label=f"{shown} {lr:.1e}")
     if use_log_scale(lrs, log_range=True):  # the LR grows exponentially, step by step
-        ax.set_xscale("log")
+        set_log_x(ax)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed training loss")
     if title:

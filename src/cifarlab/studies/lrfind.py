@@ -4,7 +4,7 @@ the steep descent, well before the minimum. Stops early once the loss exceeds 4x
 
 Suggestions, as fastai names them: `valley` (fastai's default: in the longest stretch of falling
 loss, two thirds of the way down), `steep` (the steepest descent) and `minimum` (the LR at the lowest
-loss divided by 10).
+loss divided by 10). Valley and steep are looked for only up to the lowest loss.
 """
 from __future__ import annotations
 
@@ -39,11 +39,15 @@ def valley(lrs: list[float], losses: list[float]) -> float:
 def suggestions(lrs: list[float], losses: list[float]) -> dict:
     skip = len(lrs) // 10  # the first smoothed values are still mostly noise: steep and minimum skip them
     tail_lrs, tail = lrs[skip:], losses[skip:]
-    logs = [math.log10(x) for x in tail_lrs]
-    slopes = [(tail[i + 1] - tail[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, len(tail) - 1)]
-    steep = tail_lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)] if slopes else tail_lrs[0]
     lowest = min(range(len(tail)), key=tail.__getitem__)
-    return {"valley": valley(lrs, losses), "steep": steep, "minimum": tail_lrs[lowest] / 10}
+    # Only the descent up to the lowest loss counts: a bounded loss (label smoothing, BatchNorm nets) may
+    # rise past the minimum without exploding, then fall again at absurd LRs (CifarNet: down from 3.1 at
+    # lr 1 to 2.9 at lr 5), and that second fall is no place for a learning rate.
+    logs = [math.log10(x) for x in tail_lrs[:lowest + 1]]
+    slopes = [(tail[i + 1] - tail[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(1, len(logs) - 1)]
+    steep = tail_lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)] if slopes else tail_lrs[0]
+    return {"valley": valley(lrs[:skip + lowest + 1], losses[:skip + lowest + 1]), "steep": steep,
+            "minimum": tail_lrs[lowest] / 10}
 
 
 def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
