@@ -209,7 +209,8 @@ def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, ca
     assert len(killed) == 1 and len(trials) == 5
     retry = [t for t in done if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retry) == 1 and retry[0].params == killed[0].params
-    assert "retry of trial" in (out / "results.md").read_text()
+    results = (out / "results.md").read_text()
+    assert "retry of trial" in results and f"continued by trial {retry[0].number}" in results
 
 
 # ---------------------------------------------------------------------- repeats and statistics

@@ -19,11 +19,14 @@ from cifarlab.studies.space import Study, decode
 
 def collect(study: Study, s) -> list[dict]:
     kept = study.sweep_method.kept(study, s)  # the value each step kept, marked in its row as seed 001's tables did
-    rows = []
-    for t in s.get_trials(deepcopy=False):
+    rows, trials = [], s.get_trials(deepcopy=False)
+    retried_by = {retried_from(t): t.number for t in trials if retried_from(t) is not None}
+    for t in trials:
         a = t.user_attrs
         vals = a.get("val_accuracies") or []
         note = a.get("fail_reason", "")
+        if t.state == TrialState.FAIL and t.number in retried_by:  # killed, lost or interrupted: its runs went on
+            note = (note or "its worker stopped") + f"; continued by trial {retried_by[t.number]}"
         if "same_as" in a:
             note = f"same configuration as trial {a['same_as']}, not trained again"
         if (original := retried_from(t)) is not None:
