@@ -242,6 +242,22 @@ def test_trainer_lr_reaches_the_schedule_end_exactly_when_the_budget_is_spent(tm
     assert sum(r["train_seconds"] for r in rows) >= 0.12
 
 
+@pytest.mark.parametrize("epochs,tick", [(2, 1e-6), (3, 1e-5), (4, 1e-4)])
+def test_time_fitted_schedule_still_ends_its_decay_when_the_epochs_run_out_first(tmp_path, monkeypatch, epochs, tick):
+    now = [0.0]
+
+    def slow_clock():  # a budget of 100 minutes that these few epochs use a sliver of: train.epochs ends the run
+        now[0] += tick
+        return now[0]
+    monkeypatch.setattr(Trainer, "clock", staticmethod(slow_clock))
+    extra = {"schedule.name": "cosine", "schedule.min_lr": 0.002, "schedule.fit_time_limit": True,
+             "train.time_limit_minutes": 100, "train.epochs": epochs}
+    s = train(cfg_with(**extra), tmp_path / "e", log=quiet)
+    rows = read_metrics(tmp_path / "e" / "metrics.csv")
+    assert s["status"] == "completed" and len(rows) == epochs
+    assert rows[-1]["lr"] == pytest.approx(0.002)  # the decay ended with the run, not at 1/1000 of the budget
+
+
 # ---------------------------------------------------------------------- Mixup / CutMix
 
 def test_mixing_trains_on_soft_targets_with_label_smoothing(tmp_path):

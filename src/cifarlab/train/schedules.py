@@ -79,12 +79,15 @@ def build_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, steps
                     base_lr: float, budget_spent: Callable[[], float] | None = None
                     ) -> torch.optim.lr_scheduler.LambdaLR:
     """`budget_spent` (with cfg.fit_time_limit): a function giving the fraction of the time budget used so far;
-    the curve then follows it instead of the step count (ending its decay when the budget is spent)."""
+    the curve then follows it, or the step count where that is further on, so that its decay ends when the budget
+    is spent or at the last epoch, whichever comes first (a fast machine reaching train.epochs early is not cut off
+    mid-schedule)."""
     import torch
     SCHEDULES.get(cfg.name)  # an unknown name fails here, not at the first step
-    if budget_spent is not None:
+    if budget_spent is not None:  # whichever runs out first, the time or train.epochs, ends the decay
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-            cfg, time_step(budget_spent(), steps_per_epoch, epochs), steps_per_epoch, epochs, base_lr))
+            cfg, max(min(step, steps_per_epoch * epochs), time_step(budget_spent(), steps_per_epoch, epochs)),
+            steps_per_epoch, epochs, base_lr))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, epochs, base_lr))
 
