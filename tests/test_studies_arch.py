@@ -116,6 +116,32 @@ def study_on_disk(tmp_path):
     return optuna.create_study(study_name="a", storage=storage, direction="maximize")
 
 
+def _open_and_report(url: str, results) -> None:
+    try:
+        open_storage(url, heartbeat=1)
+        results.put("ok")
+    except BaseException as err:  # noqa: BLE001 - the parent reports what a child saw
+        results.put(repr(err)[:200])
+
+
+@pytest.mark.parametrize("openers", [2, 4])
+def test_processes_opening_one_fresh_storage_at_once_all_get_it(tmp_path, openers):
+    # A sweep, its workers and a dashboard may all open a new study.db in the same instant; Optuna
+    # creates its tables one by one, so without retrying the losers saw 'table studies already exists'.
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(4):
+        url = f"sqlite:///{tmp_path / f'fresh-{round_}.db'}"
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_and_report, args=(url, results)) for _ in range(openers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * openers
+
+
 def test_pop_waiting_takes_each_queued_trial_once_and_never_creates_one(study_on_disk):
     s = study_on_disk
     assert adapter.pop_waiting(s) is None and s.get_trials() == []  # Study.ask would have made a trial here
