@@ -47,7 +47,9 @@ def test_seed_presets_walk_the_seeds_own_networks_and_knobs():
     unstated = read_study_file("seed004-mlp-unstated")
     assert {p.key for p in unstated.params} == {"train.batch_size", "data.normalize"} and len(unstated.grid()) == 12
     lenet = read_study_file("seed004-lenet5-unstated")
-    assert lenet.method == "ofat" and [p.key for p in lenet.params] == ["optimizer.lr", "train.batch_size", "data.normalize"]
+    # the unstated settings first, at the stated lr 0.1; the report's preferred lr 0.01 last, as a check
+    assert lenet.method == "ofat" and [p.key for p in lenet.params] == ["data.normalize", "train.batch_size", "optimizer.lr"]
+    assert lenet.config({})["optimizer"]["lr"] == 0.1 and lenet.config({})["optimizer"]["momentum"] == 0.9
 
 
 def test_a_run_of_a_recipe_with_a_seed_figure_ends_with_the_comparison(cli, tmp_path):
