@@ -92,7 +92,8 @@ def lr_find(cfg: ExperimentConfig, out: Path, start_lr: float = 1e-7, end_lr: fl
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["step", "lr", "smoothed_loss"])
-    w.writerows((i, f"{lr:.6g}", f"{ls:.6f}") for i, (lr, ls) in enumerate(zip(lrs, losses)))
+    # full precision: the file is the very curve the suggestions came from (6 digits tied on a flat bf16 plateau)
+    w.writerows((i, repr(float(lr)), repr(float(ls))) for i, (lr, ls) in enumerate(zip(lrs, losses)))
     atomic_write_text(out / "lr_find.csv", buf.getvalue())
     plot = _plot(lrs, losses, sug, out / "lr_find.png", cfg)
     result = {"name": cfg.name, "optimizer": cfg.optimizer.name, "batch_size": t.batch_size, "steps": len(lrs),
