@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from typing import Iterator
 
@@ -46,12 +47,26 @@ def experimental_api() -> Iterator[None]:
 
 # ---------------------------------------------------------------------- storage and retries
 
-def rdb_storage(url: str, heartbeat: int, max_retry: int, **engine_kwargs) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale, failed and retried."""
-    with experimental_api():
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                          **{_RETRY_ARGUMENT: _Retry(max_retry=max_retry)},
-                                          engine_kwargs=engine_kwargs)
+# What a storage says when another process created its tables or version row a moment earlier.
+_CREATED_BESIDE_US = ("already exists", "unique constraint", "duplicate key")
+
+
+def rdb_storage(url: str, heartbeat: int, max_retry: int, tries: int = 8,
+                **engine_kwargs) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale, failed and retried.
+    Several processes may open a fresh storage at once (a sweep, its workers, a dashboard polling the new
+    file): Optuna creates the schema table by table, so the losers of that race see 'table ... already
+    exists'; by the next try the schema is there and opening it is a read."""
+    for attempt in range(tries):
+        try:
+            with experimental_api():
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                                  **{_RETRY_ARGUMENT: _Retry(max_retry=max_retry)},
+                                                  engine_kwargs=engine_kwargs)
+        except Exception as err:
+            if attempt == tries - 1 or not any(s in str(err).lower() for s in _CREATED_BESIDE_US):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def fail_stale(s: optuna.Study) -> None:

@@ -55,30 +55,13 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     if url.startswith("sqlite"):  # N local workers write one file: wait for the lock instead of "database is locked"
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS}
     try:
-        return _first_open(lambda: adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, **kwargs))
+        return adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, **kwargs)
     except ImportError:
         raise UserError(f"storage '{url}' needs a database driver that is not installed: "
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
     except Exception as err:  # sqlalchemy's errors: bad URL, server down, wrong password
         msg = " ".join(str(err).split())[:200]
         raise UserError(f"cannot open study storage '{url}': {msg}") from None
-
-
-# What a storage says when another process created its tables or version row a moment earlier.
-_CREATED_BESIDE_US = ("already exists", "unique constraint", "duplicate key")
-
-
-def _first_open(open_it, tries: int = 8):
-    """Open a storage that several processes may be creating at once (a sweep, its workers, a dashboard
-    polling a fresh file): Optuna creates the schema table by table, so the losers of that race see
-    'table ... already exists'; by the next try the schema is there and opening it is a read."""
-    for attempt in range(tries):
-        try:
-            return open_it()
-        except Exception as err:
-            if attempt == tries - 1 or not any(s in str(err).lower() for s in _CREATED_BESIDE_US):
-                raise
-            time.sleep(0.05 * (attempt + 1))
 
 
 def _sampler(study: Study, worker: int):
