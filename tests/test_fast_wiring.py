@@ -210,6 +210,26 @@ def test_whitening_bias_stops_changing_after_n_epochs(tmp_path):
         train(cfg_with(**{**extra, "model.options": {"freeze_whiten_bias_after": -1}}), tmp_path / "bad", log=quiet)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_fixed_norm_scales_stay_at_one_while_their_biases_learn(tmp_path, optimizer):
+    extra = {"model.name": "speedrun_net", "model.options": {"widths": [8, 16, 16], "train_norm_weight": False},
+             "train.epochs": 2, "optimizer.name": optimizer, "optimizer.lr": 0.1, "optimizer.weight_decay": 0.01,
+             "optimizer.norm_bias_lr_mult": 4.0}
+    def trained_model(cfg, out):
+        models = []
+        train(cfg, out, log=quiet, callbacks=[lambda tr, row: models.append(tr.model)])
+        return models[-1]
+
+    norms = [m for m in trained_model(cfg_with(**extra), tmp_path / "f").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # no step, no decay
+    assert all(m.bias.abs().sum() > 0 for m in norms)  # the offsets trained
+    trained = trained_model(cfg_with(**{**extra, "model.options": {"widths": [8, 16, 16]}}), tmp_path / "t")
+    assert any(not torch.equal(m.weight, torch.ones_like(m.weight))
+               for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d))  # the default still trains them
+    with pytest.raises(UserError, match="train_norm_weight"):
+        train(cfg_with(**{**extra, "model.options": {"train_norm_weight": "no"}}), tmp_path / "bad", log=quiet)
+
+
 # ---------------------------------------------------------------------- time-budget schedule
 
 def test_schedule_over_a_time_budget_ends_at_the_budget():

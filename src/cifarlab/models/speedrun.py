@@ -13,11 +13,13 @@ from cifarlab.models.registry import register_model
 class ConvGroup(nn.Module):
     """conv -> pool -> BN -> GELU -> conv -> BN -> GELU: pooling early halves the cost of everything after it."""
 
-    def __init__(self, c_in, c_out):
+    def __init__(self, c_in, c_out, train_norm_weight=True):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding="same", bias=False)
         self.norm1, self.norm2 = nn.BatchNorm2d(c_out, momentum=0.4), nn.BatchNorm2d(c_out, momentum=0.4)
+        for norm in (self.norm1, self.norm2):  # airbench keeps the scales at 1: only the offsets learn
+            norm.weight.requires_grad_(train_norm_weight)
         for conv in (self.conv1, self.conv2):  # partial identity init: trains like a shallower net at first
             w = conv.weight.data
             torch.nn.init.dirac_(w[:w.size(1)])
@@ -29,7 +31,7 @@ class ConvGroup(nn.Module):
 
 class SpeedrunNet(nn.Module):
     def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9,
-                 freeze_whiten_bias_after=None):
+                 freeze_whiten_bias_after=None, train_norm_weight=True):
         super().__init__()
         self.freeze_whiten_bias_after = freeze_whiten_bias_after
         # 2x2 patch whitening: a fixed first layer that decorrelates pixels, set from the data
@@ -37,7 +39,7 @@ class SpeedrunNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         blocks, c = [], whiten_width
         for w in widths:
-            blocks.append(ConvGroup(c, w))
+            blocks.append(ConvGroup(c, w, train_norm_weight))
             c = w
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes, bias=False)
@@ -70,14 +72,18 @@ class SpeedrunNet(nn.Module):
 
 @register_model("speedrun_net", family="speedrun")
 def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24,
-                 freeze_whiten_bias_after=None):
+                 freeze_whiten_bias_after=None, train_norm_weight=True):
     """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy.
 
-    freeze_whiten_bias_after: train the whitening layer's bias for this many epochs only (airbench: 3)."""
+    freeze_whiten_bias_after: train the whitening layer's bias for this many epochs only (airbench: 3).
+    train_norm_weight: false keeps the BatchNorm scales at 1, training only their biases (airbench)."""
     widths = check_widths("widths", widths, what="positive channel counts such as [64, 256, 256]")
     if not is_whole(whiten_width, low=2) or whiten_width % 2:
         raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
     if freeze_whiten_bias_after is not None and not is_whole(freeze_whiten_bias_after, low=0):
         raise ValueError(f"freeze_whiten_bias_after must be a whole number of epochs (0 or more), "
                          f"got {freeze_whiten_bias_after!r}")
-    return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after)
+    if not isinstance(train_norm_weight, bool):
+        raise ValueError(f"train_norm_weight must be true or false, got {train_norm_weight!r}")
+    return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after,
+                       train_norm_weight=train_norm_weight)
