@@ -63,6 +63,8 @@ def test_models_and_recipes_lists(cli):
     (["train", "--set", "model.options={hidden: [8], wings: 2}", "--model", "mlp"], "has no option 'wings'"),
     *[(["train", "--model", "speedrun_net", "--set", f"model.options.train_norm_weight={v}"],
        "train_norm_weight must be true or false") for v in ("maybe", "1", "[true]")],
+    *[(["train", "--model", "speedrun_net", "--set", f"model.options.whiten_bias_as_norm_bias={v}"],
+       "whiten_bias_as_norm_bias must be true or false") for v in ("maybe", "2", "[false]")],
     (["train", "--data", "folder:/no/such/dir"], "does not exist"),
     (["train", "--data", "mnist"], "unknown dataset 'mnist'"),
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),

@@ -230,6 +230,64 @@ def test_fixed_norm_scales_stay_at_one_while_their_biases_learn(tmp_path, optimi
         train(cfg_with(**{**extra, "model.options": {"train_norm_weight": "no"}}), tmp_path / "bad", log=quiet)
 
 
+def test_whitening_bias_learns_at_the_norm_bias_rate_only_when_asked():
+    from cifarlab.models import build_model
+    from cifarlab.train.param_groups import param_groups
+
+    def group_lr_of_whiten_bias(**options):
+        model = build_model("speedrun_net", widths=[8, 16, 16], **options)
+        groups = param_groups(model, 0.1, 0.01, norm_bias_lr_mult=64.0)
+        return next(g for g in groups if any(p is model.whiten.bias for p in g["params"]))
+
+    default = group_lr_of_whiten_bias()
+    assert default["lr"] == pytest.approx(0.1) and default["weight_decay"] == pytest.approx(0.01)
+    fast = group_lr_of_whiten_bias(whiten_bias_as_norm_bias=True)  # beside the BatchNorm biases, decay per step kept
+    assert fast["lr"] == pytest.approx(6.4) and fast["weight_decay"] == pytest.approx(0.01 / 64)
+    assert len(fast["params"]) == 1 + 6  # the whitening bias and the six BatchNorm biases
+    with pytest.raises(UserError, match="whiten_bias_as_norm_bias must be true or false"):
+        build_model("speedrun_net", whiten_bias_as_norm_bias="yes")
+
+
+def _matrix_norms(opt):
+    return [(v.norm().item(), v.size(0) ** 0.5) for _, v in opt._views]
+
+
+def test_muon_fixed_norm_holds_each_matrix_at_sqrt_rows_and_drops_its_decay():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 2, (64,))
+
+    def trained(fixed_norm):
+        torch.manual_seed(1)
+        net = _conv_bn()
+        opt = build_optimizer(OptimizerConfig(name="muon", lr=0.05, muon_lr=0.2, weight_decay=0.5,
+                                              muon_fixed_norm=fixed_norm), net)
+        for _ in range(30):
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        return net, opt
+
+    net, opt = trained(True)
+    assert opt.muon.param_groups[0]["weight_decay"] == 0.0  # the norm, not decay, holds the scale
+    assert opt.aux.param_groups[0]["weight_decay"] == 0.5  # the rest keeps the configured decay
+    # after 30 steps of LR 0.2 the kernel is one update away from its held norm: an orthogonalised update's
+    # norm is at most sqrt(rows) x its largest singular value (< 1.3 after Newton-Schulz) x the LR
+    for norm, want in _matrix_norms(opt):
+        assert abs(norm - want) <= 0.2 * 1.3 * want
+    # a step with no LR shows the rescaling alone: exactly sqrt(rows), and BatchNorm's output unchanged
+    net.train()
+    before = net(x).detach()
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+    assert all(norm == pytest.approx(want, rel=1e-5) for norm, want in _matrix_norms(opt))
+    assert torch.allclose(net(x), before, atol=1e-4)
+    _, plain = trained(False)  # without it the decoupled decay (lr x 0.5 a step) shrinks the kernel instead
+    assert plain.muon.param_groups[0]["weight_decay"] == 0.5
+    assert all(abs(norm - want) > 0.2 * 1.3 * want for norm, want in _matrix_norms(plain))
+
+
 # ---------------------------------------------------------------------- time-budget schedule
 
 def test_schedule_over_a_time_budget_ends_at_the_budget():

@@ -118,6 +118,9 @@ class OptimizerConfig(_Section):
     muon_aux: Literal["sgd", "adamw"] = Field("sgd", description="muon: the optimizer of biases, norms and the head")
     muon_lr: float | None = Field(None, gt=0, description="muon: the LR of the matrices; default: lr")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="muon: momentum of the matrices (Nesterov)")
+    muon_fixed_norm: bool = Field(
+        False, description="muon: rescale each matrix to norm sqrt(rows) before every step, in place of weight decay "
+                           "on it (airbench94_muon; for nets with a normalisation after every matrix)")
 
 
 class ScheduleConfig(_Section):

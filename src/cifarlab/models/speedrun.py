@@ -31,12 +31,14 @@ class ConvGroup(nn.Module):
 
 class SpeedrunNet(nn.Module):
     def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9,
-                 freeze_whiten_bias_after=None, train_norm_weight=True):
+                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False):
         super().__init__()
         self.freeze_whiten_bias_after = freeze_whiten_bias_after
         # 2x2 patch whitening: a fixed first layer that decorrelates pixels, set from the data
         self.whiten = nn.Conv2d(in_channels, whiten_width, 2, bias=True)
         self.whiten.weight.requires_grad_(False)
+        # its bias offsets unit-variance channels, as a BatchNorm bias does: airbench gives it that LR (64x)
+        self.whiten.norm_like_bias = whiten_bias_as_norm_bias
         blocks, c = [], whiten_width
         for w in widths:
             blocks.append(ConvGroup(c, w, train_norm_weight))
@@ -72,11 +74,13 @@ class SpeedrunNet(nn.Module):
 
 @register_model("speedrun_net", family="speedrun")
 def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24,
-                 freeze_whiten_bias_after=None, train_norm_weight=True):
+                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False):
     """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy.
 
     freeze_whiten_bias_after: train the whitening layer's bias for this many epochs only (airbench: 3).
-    train_norm_weight: false keeps the BatchNorm scales at 1, training only their biases (airbench)."""
+    train_norm_weight: false keeps the BatchNorm scales at 1, training only their biases (airbench).
+    whiten_bias_as_norm_bias: the whitening bias learns at the BatchNorm biases' rate
+    (optimizer.norm_bias_lr_mult) and decay, as in airbench, instead of the base rate."""
     widths = check_widths("widths", widths, what="positive channel counts such as [64, 256, 256]")
     if not is_whole(whiten_width, low=2) or whiten_width % 2:
         raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
@@ -85,5 +89,7 @@ def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 
                          f"got {freeze_whiten_bias_after!r}")
     if not isinstance(train_norm_weight, bool):
         raise ValueError(f"train_norm_weight must be true or false, got {train_norm_weight!r}")
+    if not isinstance(whiten_bias_as_norm_bias, bool):
+        raise ValueError(f"whiten_bias_as_norm_bias must be true or false, got {whiten_bias_as_norm_bias!r}")
     return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after,
-                       train_norm_weight=train_norm_weight)
+                       train_norm_weight=train_norm_weight, whiten_bias_as_norm_bias=whiten_bias_as_norm_bias)

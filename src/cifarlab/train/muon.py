@@ -41,8 +41,10 @@ class MuonWithAuxiliary(torch.optim.Optimizer):
     `lr` sets it where the inner optimizer reads it."""
 
     def __init__(self, muon_groups: list[dict], aux_groups: list[dict],
-                 make_aux: Callable[[list[dict]], torch.optim.Optimizer], **muon_options):
+                 make_aux: Callable[[list[dict]], torch.optim.Optimizer], fixed_norm: bool = False,
+                 **muon_options):
         self._views: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.fixed_norm = fixed_norm
         groups = []
         for g in muon_groups:
             views = []
@@ -64,6 +66,11 @@ class MuonWithAuxiliary(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        if self.fixed_norm:  # airbench94_muon: with a normalisation after it, a matrix's scale changes nothing
+            # but its effective LR (an update of fixed size turns a small matrix further); held at sqrt(rows),
+            # each step turns every matrix by about the same angle, and the LR schedule alone sets it
+            for _, view in self._views:
+                view.mul_(view.size(0) ** 0.5 / view.norm().clamp_min(1e-12))
         self.muon.step()
         if self.aux:
             self.aux.step()

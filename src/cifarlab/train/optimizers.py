@@ -122,5 +122,8 @@ def muon(cfg, model):
     else:
         make_aux = lambda groups: torch.optim.SGD(  # noqa: E731
             groups, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    muon_groups = [{"params": matrices, "lr": cfg.muon_lr or cfg.lr, "weight_decay": cfg.weight_decay}]
-    return MuonWithAuxiliary(muon_groups, aux_groups, make_aux, momentum=cfg.muon_momentum, nesterov=True)
+    # a fixed norm leaves nothing for weight decay to do on the matrices: their scale no longer moves
+    muon_groups = [{"params": matrices, "lr": cfg.muon_lr or cfg.lr,
+                    "weight_decay": 0.0 if cfg.muon_fixed_norm else cfg.weight_decay}]
+    return MuonWithAuxiliary(muon_groups, aux_groups, make_aux, fixed_norm=cfg.muon_fixed_norm,
+                             momentum=cfg.muon_momentum, nesterov=True)

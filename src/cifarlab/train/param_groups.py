@@ -4,7 +4,8 @@ One group is what a tutorial does; fast recipes split it (airbench, timm's `para
 - normalisation weights and all biases get no weight decay: they set scales and offsets, and
   shrinking them towards zero only fights BatchNorm (no regularising effect, slower training);
 - BatchNorm biases may learn faster (airbench trains them at 64x the base rate), since a
-  normalised layer's offset moves on a different scale from its weights.
+  normalised layer's offset moves on a different scale from its weights. A model marks any other
+  module whose bias plays that part (an offset on whitened inputs) with `norm_like_bias = True`.
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay_norm
     decay, no_decay, norm_bias, seen = [], [], [], set()
     for module in model.modules():
         is_norm = isinstance(module, NORM_LAYERS)
+        norm_like_bias = is_norm or getattr(module, "norm_like_bias", False)
         for name, p in module.named_parameters(recurse=False):
             # frozen parameters stay in (torch skips a parameter without a gradient), so the default
             # groups hold exactly model.parameters() and old checkpoints' optimizer states still load
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            if is_norm and name == "bias" and norm_bias_lr_mult != 1.0:
+            if norm_like_bias and name == "bias" and norm_bias_lr_mult != 1.0:
                 norm_bias.append(p)
             elif no_decay_norm_and_bias and (is_norm or name == "bias" or p.ndim <= 1):
                 no_decay.append(p)
