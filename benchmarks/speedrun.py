@@ -4,12 +4,15 @@ accuracy-vs-time curve (cumulative training seconds and wall seconds per epoch).
 
   python benchmarks/speedrun.py --recipe speedrun-cpu [--set train.epochs=8 ...]
 
-Appends one JSON line to benchmarks/results/speedrun.jsonl (machine, date, curve, summary).
+Appends one JSON line to benchmarks/results/speedrun.jsonl (machine, date, curve, summary). To time an
+AVX2-only CPU on a newer one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+... --set train.precision=fp32.
 """
 import argparse
 import csv
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,11 @@ def cpu_flags() -> str:
     except (OSError, StopIteration):
         return "unknown"
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+
+
+# set, these make a newer CPU run as an older one (ATen's and oneDNN's kernels stop at that instruction set):
+# a figure taken under them must say so next to the flags the CPU has
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 p = argparse.ArgumentParser()
@@ -57,6 +65,8 @@ result = {"date": datetime.date.today().isoformat(), "recipe": a.recipe, "overri
           "best_epoch": summary["best_epoch"], "command_seconds": round(command_s, 1),
           "cpu_flags": cpu_flags(), "train_images_per_second": round(summary["train_images_per_second"], 1),
           "curve": curve}
+if any(os.environ.get(k) for k in ISA_LIMITS):
+    result["isa_limits"] = {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
 print(f"best val {summary['best_val_accuracy']:.2%}, command wall {command_s:.1f} s")
 print(json.dumps(result))
 (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
