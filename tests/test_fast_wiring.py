@@ -117,6 +117,11 @@ def test_muon_with_ema_resumes_exactly(tmp_path):
                                         "train.ema": {"decay": 0.9}, "schedule.name": "cosine"})
 
 
+def test_muon_with_fixed_norms_resumes_exactly(tmp_path):  # the rescaling is part of the step, not of the state
+    assert_resumes_exactly(tmp_path, **{"train.epochs": 3, "optimizer.name": "muon", "optimizer.muon_lr": 0.05,
+                                        "optimizer.muon_fixed_norm": True, "schedule.name": "cosine"})
+
+
 # ---------------------------------------------------------------------- EMA
 
 def test_ema_weights_are_validated_and_kept_in_best_pt(tmp_path):
