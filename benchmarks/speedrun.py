@@ -65,8 +65,9 @@ result = {"date": datetime.date.today().isoformat(), "recipe": a.recipe, "overri
           "best_epoch": summary["best_epoch"], "command_seconds": round(command_s, 1),
           "cpu_flags": cpu_flags(), "train_images_per_second": round(summary["train_images_per_second"], 1),
           "curve": curve}
-if any(os.environ.get(k) for k in ISA_LIMITS):
-    result["isa_limits"] = {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
+isa_limits = {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
+if isa_limits:
+    result["isa_limits"] = isa_limits
 print(f"best val {summary['best_val_accuracy']:.2%}, command wall {command_s:.1f} s")
 print(json.dumps(result))
 (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)

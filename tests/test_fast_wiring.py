@@ -288,7 +288,7 @@ def test_muon_fixed_norm_holds_each_matrix_at_sqrt_rows_and_drops_its_decay():
     opt.step()
     assert all(norm == pytest.approx(want, rel=1e-5) for norm, want in _matrix_norms(opt))
     assert torch.allclose(net(x), before, atol=1e-4)
-    _, plain = trained(False)  # without it the decoupled decay (lr x 0.5 a step) shrinks the kernel instead
+    _, plain = trained(False)  # without it nothing holds the norm: under decay (lr x 0.5 a step) it still drifts away
     assert plain.muon.param_groups[0]["weight_decay"] == 0.5
     assert all(abs(norm - want) > 0.2 * 1.3 * want for norm, want in _matrix_norms(plain))
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab.models.helpers import check_widths, is_whole
+from cifarlab.models.helpers import check_flag, check_widths, is_whole
 from cifarlab.models.registry import register_model
 
 
@@ -87,9 +87,6 @@ def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 
     if freeze_whiten_bias_after is not None and not is_whole(freeze_whiten_bias_after, low=0):
         raise ValueError(f"freeze_whiten_bias_after must be a whole number of epochs (0 or more), "
                          f"got {freeze_whiten_bias_after!r}")
-    if not isinstance(train_norm_weight, bool):
-        raise ValueError(f"train_norm_weight must be true or false, got {train_norm_weight!r}")
-    if not isinstance(whiten_bias_as_norm_bias, bool):
-        raise ValueError(f"whiten_bias_as_norm_bias must be true or false, got {whiten_bias_as_norm_bias!r}")
     return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after,
-                       train_norm_weight=train_norm_weight, whiten_bias_as_norm_bias=whiten_bias_as_norm_bias)
+                       train_norm_weight=check_flag("train_norm_weight", train_norm_weight),
+                       whiten_bias_as_norm_bias=check_flag("whiten_bias_as_norm_bias", whiten_bias_as_norm_bias))
