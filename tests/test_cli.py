@@ -65,6 +65,8 @@ def test_models_and_recipes_lists(cli):
        "train_norm_weight must be true or false") for v in ("maybe", "1", "[true]")],
     *[(["train", "--model", "speedrun_net", "--set", f"model.options.whiten_bias_as_norm_bias={v}"],
        "whiten_bias_as_norm_bias must be true or false") for v in ("maybe", "2", "[false]")],
+    *[(["train", "--set", f"optimizer.muon_fixed_norm={v}"], "'optimizer.muon_fixed_norm': Input should be a valid boolean")
+      for v in ("maybe", "2", "[true]")],
     (["train", "--data", "folder:/no/such/dir"], "does not exist"),
     (["train", "--data", "mnist"], "unknown dataset 'mnist'"),
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
