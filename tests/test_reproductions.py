@@ -9,6 +9,7 @@ import yaml
 
 from cifarlab.config import ReportedFigure, list_recipes, load_config
 from cifarlab.report.hooks import reported_line
+from cifarlab.report.runs import figure_to_compare
 from cifarlab.studies.space import read_study_file
 
 
@@ -16,11 +17,27 @@ def test_the_line_names_both_figures_their_splits_and_the_gap():
     seed = ReportedFigure(accuracy=0.55, epochs=10, source="seed 004")
     val_only = reported_line(seed, {"best_val_accuracy": 0.4862, "best_epoch": 9, "epochs_run": 10, "test_accuracy": None})
     assert val_only.startswith("seed 004: 55.0% (test, 10 epochs); this run: 48.6% best validation (epoch 9 of 10)")
-    assert "-6.4 points" in val_only and "validation, not the seed's test split" in val_only
+    assert "-6.4 points" in val_only and "best validation, not the test split the figure was measured on" in val_only
     with_test = reported_line(seed, {"best_val_accuracy": 0.50, "best_epoch": 3, "epochs_run": 10, "test_accuracy": 0.561})
     assert "56.1% test" in with_test and "+1.1 points" in with_test and "validation" not in with_test
     assert reported_line(None, {"best_val_accuracy": 0.5}) is None
     assert reported_line(ReportedFigure(note="no figure"), {"best_val_accuracy": 0.5}) is None
+
+
+def test_a_target_stated_on_validation_is_met_or_missed_on_validation():
+    target = ReportedFigure(accuracy=0.90, split="validation", source="issue 14 target")
+    for test in (None, 0.95):  # a test split beside it changes nothing: the target is a validation figure
+        line = reported_line(target, {"best_val_accuracy": 0.9002, "best_epoch": 16, "epochs_run": 16, "test_accuracy": test})
+        assert line == "issue 14 target: 90.0% (validation); this run: 90.0% best validation (epoch 16 of 16), +0.0 points"
+    below = reported_line(target, {"best_val_accuracy": 0.8977, "best_epoch": 26, "epochs_run": 26})
+    assert below.endswith("-0.2 points") and "expect" not in below
+    assert figure_to_compare("validation", 0.9, 0.95) == (0.9, "best validation")
+    assert figure_to_compare("test", 0.9, 0.95) == (0.95, "test")
+    assert figure_to_compare("test", 0.9, None) == (0.9, "best validation")
+    for name in ("speedrun-cpu", "speedrun-cpu-bf16"):  # issue 14's targets are validation figures
+        assert load_config(recipe=name).reported.split == "validation"
+    with pytest.raises(ValueError):
+        ReportedFigure(accuracy=0.9, split="val")
 
 
 def test_every_full_recipe_with_a_seed_figure_says_where_it_came_from():
@@ -78,8 +95,12 @@ def test_vs_seed_uses_the_test_split_when_a_run_has_one_and_is_empty_without_a_s
     run.mkdir()
     (run / "metrics.csv").write_text("epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,epoch_seconds,"
                                      "train_seconds,images_per_second,peak_memory_mb\n1,1,0.5,1,0.6,0.1,1,1,100,10\n")
-    for reported, test, want, split in [(0.55, 0.58, 0.03, "test"), (0.70, None, -0.10, "val"), (None, 0.58, None, "test")]:
-        cfg = {"name": "x", "model": {"name": "mlp"}, **({"reported": {"accuracy": reported}} if reported else {})}
+    cases = [(0.55, 0.58, 0.03, "test"), (0.70, None, -0.10, "val"), (None, 0.58, None, "test"),
+             ({"accuracy": 0.55, "split": "validation"}, 0.58, 0.05, "val")]  # a validation target: validation's
+    for reported, test, want, split in cases:
+        if isinstance(reported, float):
+            reported = {"accuracy": reported}
+        cfg = {"name": "x", "model": {"name": "mlp"}, **({"reported": reported} if reported else {})}
         (run / "config.yaml").write_text(yaml.safe_dump(cfg))
         (run / "summary.json").write_text(json.dumps({"best_val_accuracy": 0.6, "test_accuracy": test, "epochs_run": 1}))
         row = run_row(load_run(run))

@@ -186,6 +186,7 @@ class ReportedFigure(_Section):
     """What the seed report that a recipe reproduces said it reached (metadata only)."""
     accuracy: float | None = None
     epochs: int | None = None
+    split: Literal["test", "validation"] = "test"  # where the figure was measured (the seeds: on test)
     source: str = ""
     note: str = ""
 

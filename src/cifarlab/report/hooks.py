@@ -6,6 +6,7 @@ only when a run ends, not when the hook is made (the CLI makes it before trainin
 """
 from __future__ import annotations
 
+from cifarlab.report.runs import figure_to_compare
 from cifarlab.train.callbacks import Callback
 
 
@@ -46,9 +47,10 @@ def reported_line(reported, summary: dict) -> str | None:
         return None
     source = reported.source or "the seed report"
     epochs = f", {reported.epochs} epochs" if reported.epochs else ""
-    test = summary.get("test_accuracy")
-    ours, split = (test, "test") if test is not None else (summary["best_val_accuracy"], "best validation")
-    caveat = "" if test is not None else " (validation, not the seed's test split: expect a point or so of difference)"
-    return (f"{source}: {reported.accuracy:.1%} (test{epochs}); this run: {ours:.1%} {split} "
+    ours, split = figure_to_compare(reported.split, summary.get("best_val_accuracy"), summary.get("test_accuracy"))
+    caveat = ("" if split.endswith(reported.split) else
+              f" ({split}, not the {reported.split} split the figure was measured on: expect a point or so of difference)")
+    return (f"{source}: {reported.accuracy:.1%} ({reported.split}{epochs}); this run: {ours:.1%} {split} "
             f"(epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}), "
             f"{100 * (ours - reported.accuracy):+.1f} points{caveat}")
+
