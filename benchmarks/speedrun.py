@@ -6,7 +6,7 @@ accuracy-vs-time curve (cumulative training seconds and wall seconds per epoch).
 
 Appends one JSON line to benchmarks/results/speedrun.jsonl (machine, date, curve, summary). To time an
 AVX2-only CPU on a newer one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
-... --set train.precision=fp32.
+python benchmarks/speedrun.py ... (the `auto` settings then pick fp32, as on such a CPU).
 """
 import argparse
 import csv

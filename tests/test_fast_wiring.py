@@ -52,6 +52,7 @@ def assert_resumes_exactly(tmp_path, **extra):
     ("optimizer.norm_bias_lr_mult", 0, "greater than 0"),
     ("optimizer.reference_batch_size", 0, "greater than or equal to 1"),
     ("optimizer.muon_aux", "adam", "'sgd' or 'adamw'"),
+    ("optimizer.muon_ns_dtype", "fp16", "'auto', 'bf16' or 'fp32'"),
     ("train.ema", {"decay": 1.0}, "train.ema.decay"),
     ("train.tta_level", 3, "0, 1 or 2"),
     ("train.val_every", 0, "greater than or equal to 1"),
@@ -117,9 +118,11 @@ def test_muon_with_ema_resumes_exactly(tmp_path):
                                         "train.ema": {"decay": 0.9}, "schedule.name": "cosine"})
 
 
-def test_muon_with_fixed_norms_resumes_exactly(tmp_path):  # the rescaling is part of the step, not of the state
+@pytest.mark.parametrize("ns_dtype", ["bf16", "fp32"])  # torch's Muon, and the lab's fp32 orthogonalisation
+def test_muon_with_fixed_norms_resumes_exactly(tmp_path, ns_dtype):  # the rescaling is part of the step, not of the state
     assert_resumes_exactly(tmp_path, **{"train.epochs": 3, "optimizer.name": "muon", "optimizer.muon_lr": 0.05,
-                                        "optimizer.muon_fixed_norm": True, "schedule.name": "cosine"})
+                                        "optimizer.muon_fixed_norm": True, "schedule.name": "cosine",
+                                        "optimizer.muon_ns_dtype": ns_dtype})
 
 
 # ---------------------------------------------------------------------- EMA

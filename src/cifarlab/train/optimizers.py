@@ -126,4 +126,14 @@ def muon(cfg, model):
     muon_groups = [{"params": matrices, "lr": cfg.muon_lr or cfg.lr,
                     "weight_decay": 0.0 if cfg.muon_fixed_norm else cfg.weight_decay}]
     return MuonWithAuxiliary(muon_groups, aux_groups, make_aux, fixed_norm=cfg.muon_fixed_norm,
+                             ns_dtype=muon_ns_dtype(cfg.muon_ns_dtype, matrices),
                              momentum=cfg.muon_momentum, nesterov=True)
+
+
+def muon_ns_dtype(setting: str, matrices: list) -> str:
+    """auto: bf16 (torch's choice) on a GPU or a CPU with native bf16, fp32 on a CPU that emulates bf16."""
+    if setting != "auto":
+        return setting
+    from cifarlab.train.runtime import cpu_has_fast_bf16
+    on_cpu = not matrices or matrices[0].device.type == "cpu"
+    return "fp32" if on_cpu and not cpu_has_fast_bf16() else "bf16"

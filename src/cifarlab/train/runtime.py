@@ -29,10 +29,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where bf16 matmuls beat fp32 (AVX-512-BF16 or AMX); on plain AVX2 bf16 is emulated and slower."""
+    """True where bf16 matmuls beat fp32 (AVX-512-BF16 or AMX); on plain AVX2 bf16 is emulated and slower.
+    ATen's kernels limited to AVX2 (ATEN_CPU_CAPABILITY=avx2, to time an older CPU) count as plain AVX2."""
     cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    has_flags = bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                     or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return has_flags and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT", "NO AVX")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
