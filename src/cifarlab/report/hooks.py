@@ -53,4 +53,3 @@ def reported_line(reported, summary: dict) -> str | None:
     return (f"{source}: {reported.accuracy:.1%} ({reported.split}{epochs}); this run: {ours:.1%} {split} "
             f"(epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}), "
             f"{100 * (ours - reported.accuracy):+.1f} points{caveat}")
-
