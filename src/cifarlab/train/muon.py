@@ -39,8 +39,8 @@ class Fp32Muon(torch.optim.Muon):
     """torch.optim.Muon with the Newton-Schulz orthogonalisation in fp32 instead of its fixed bf16.
 
     On a CPU without native bf16 (plain AVX2) torch's bf16 matmuls are emulated: the orthogonalisation of
-    speedrun-cpu's kernels took 734 ms a step there against 35 ms in fp32 (measured, AMD EPYC limited to
-    AVX2), more than a third of the step at batch 1000. Same state layout and update as torch's (its
+    speedrun-cpu's kernels took 384 ms a step there against 15 ms in fp32 (AMD EPYC limited to AVX2,
+    benchmarks/muon_orthogonalize.py), a fifth of the step at batch 1000. Same state layout and update as torch's (its
     default 'original' LR adjustment), so a checkpoint moves between the two."""
 
     @torch.no_grad()
@@ -98,7 +98,7 @@ class MuonWithAuxiliary(torch.optim.Optimizer):
                 self._views.append((p, view))
                 views.append(view)
             groups.append({**g, "params": views})
-        # torch's Muon orthogonalises in bf16: fast where bf16 matmuls are native, 20x slower where emulated
+        # torch's Muon orthogonalises in bf16: fast where bf16 matmuls are native, 25x slower where emulated
         self.muon = (Fp32Muon if ns_dtype == "fp32" else torch.optim.Muon)(groups, **muon_options)
         self.aux = make_aux(aux_groups) if aux_groups else None
         super().__init__(self._inner_groups(), {})
