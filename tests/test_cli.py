@@ -67,6 +67,10 @@ def test_models_and_recipes_lists(cli):
        "whiten_bias_as_norm_bias must be true or false") for v in ("maybe", "2", "[false]")],
     *[(["train", "--set", f"optimizer.muon_fixed_norm={v}"], "'optimizer.muon_fixed_norm': Input should be a valid boolean")
       for v in ("maybe", "2", "[true]")],
+    *[(["train", "--set", f"optimizer.muon_ns_dtype={v}"], "'optimizer.muon_ns_dtype': Input should be 'auto', 'bf16' or 'fp32'")
+      for v in ("fp16", "BF16", "32", "[fp32]")],
+    *[(["train", "--set", f"reported.split={v}"], "'reported.split': Input should be 'test' or 'validation'")
+      for v in ("val", "Test", "1")],
     (["train", "--data", "folder:/no/such/dir"], "does not exist"),
     (["train", "--data", "mnist"], "unknown dataset 'mnist'"),
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
