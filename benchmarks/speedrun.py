@@ -19,16 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cifarlab.train.runtime import cpu_flags
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_flags() -> str:
-    """The CPU features that decide fp32 vs bf16 speed (every figure names them)."""
-    try:
-        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split())
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
 
 
 # set, these make a newer CPU run as an older one (ATen's and oneDNN's kernels stop at that instruction set):

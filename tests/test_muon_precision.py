@@ -1,5 +1,5 @@
 """Muon's orthogonalisation precision: torch's is fixed at bf16, which a CPU without native bf16 emulates
-(20x slower than fp32 there); `optimizer.muon_ns_dtype` (auto | bf16 | fp32) picks it."""
+(25x slower than fp32 there); `optimizer.muon_ns_dtype` (auto | bf16 | fp32) picks it."""
 import pytest
 import torch
 

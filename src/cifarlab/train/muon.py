@@ -40,8 +40,8 @@ class Fp32Muon(torch.optim.Muon):
 
     On a CPU without native bf16 (plain AVX2) torch's bf16 matmuls are emulated: the orthogonalisation of
     speedrun-cpu's kernels took 384 ms a step there against 15 ms in fp32 (AMD EPYC limited to AVX2,
-    benchmarks/muon_orthogonalize.py), a fifth of the step at batch 1000. Same state layout and update as torch's (its
-    default 'original' LR adjustment), so a checkpoint moves between the two."""
+    benchmarks/muon_orthogonalize.py), a fifth of the step at batch 1000. Same state layout and update
+    as torch's (its default 'original' LR adjustment), so a checkpoint moves between the two."""
 
     @torch.no_grad()
     def step(self, closure=None):

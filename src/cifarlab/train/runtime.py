@@ -72,6 +72,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> str:
+    """The CPU features that decide fp32 vs bf16 speed, as /proc/cpuinfo names them (every figure names them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(ln for ln in f if ln.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+
+
 def environment(device: torch.device, precision: str) -> dict:
     env = {
         "python": sys.version.split()[0],
