@@ -61,25 +61,25 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first /proc/cpuinfo line named `field`; None where there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(field)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
     """The CPU features that decide fp32 vs bf16 speed, as /proc/cpuinfo names them (every figure names them)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next(ln for ln in f if ln.startswith("flags")).split())
-    except (OSError, StopIteration):
+    flags = _cpuinfo("flags")
+    if flags is None:
         return "unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags.split())
 
 
 def environment(device: torch.device, precision: str) -> dict:
