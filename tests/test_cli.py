@@ -144,6 +144,18 @@ def test_eval_with_flip_tta(cli, trained):
     assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]
 
 
+def test_eval_of_a_cached_dataset_prints_no_warning(trained):
+    """The cache is a read-only memory map: eval once handed it to torch.from_numpy, and PyTorch printed a
+    UserWarning about non-writable arrays (once per process, so a fresh process checks it)."""
+    import subprocess
+    import sys
+    out, _ = trained
+    for split in ("all", "val"):
+        done = subprocess.run([sys.executable, "-W", "default", "-m", "cifarlab", "eval", "--checkpoint", str(out),
+                               "--data", "sample", "--split", split, "--json"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
 def _listed_commands(help_text):
     return {line.split()[0] for line in help_text.splitlines() if line.startswith("  ") and line.split()}
 

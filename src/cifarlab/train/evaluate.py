@@ -68,7 +68,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     from cifarlab.config import validate_config
     from cifarlab.data.loader import Split, stratified_split
     from cifarlab.data.normalize import Normalize, to_unit
-    from cifarlab.data.sources import load_dataset
+    from cifarlab.data.sources import load_dataset, read_rows
     from cifarlab.errors import UserError
     from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
     from cifarlab.train.runtime import resolve_device
@@ -87,19 +87,21 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     if split == "test":
         if raw.test_x is None:
             raise UserError(f"dataset '{data_spec}' has no test split: use --split all, val or train")
-        x, y = raw.test_x, raw.test_y
+        x, y, idx = raw.test_x, raw.test_y, np.arange(len(raw.test_x))
     elif split in ("val", "train"):
         data_cfg = validate_config(ckpt["config"]).data
         tr, va = stratified_split(np.asarray(raw.train_y), data_cfg.val_size, data_cfg.split_seed)
-        idx = va if split == "val" else tr
-        x, y = np.asarray(raw.train_x)[idx], np.asarray(raw.train_y)[idx]
+        x, y, idx = raw.train_x, raw.train_y, (va if split == "val" else tr)
     elif split == "all":
-        x, y = raw.train_x, raw.train_y
+        x, y, idx = raw.train_x, raw.train_y, np.arange(len(raw.train_x))
     else:
         raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
+    # copies of the rows, read as the trainer reads them: a cached dataset is a read-only memory map, which
+    # torch.from_numpy warns about, and indexing the map would make its pages count in this process too
+    x, y = read_rows(x, idx), np.asarray(y)[idx]
     model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
     normalize = Normalize.of_checkpoint(ckpt).to(dev)
-    data = Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev), torch.from_numpy(np.asarray(y)).to(dev))
+    data = Split(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
     batches = ((normalize(to_unit(data.x[i:i + batch_size])), data.y[i:i + batch_size])
                for i in range(0, len(data), batch_size))
     level = checkpoint_tta(ckpt, tta)
