@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from cifarlab.config import load_config
 from cifarlab.train.entry import train
@@ -32,11 +33,15 @@ def test_bf16_and_fp32_reach_the_same_accuracy(tmp_path):
     assert loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)  # the same first-epoch curve
 
 
+# compiled against eager on the same device; on CUDA, Triton's fused bf16 kernels round apart from cuDNN's a little more
 @pytest.mark.slow
-def test_gpu_speedrun_recipe_with_compile_runs_on_cpu(tmp_path):
-    """speedrun-gpu turns on torch.compile; shrunk, it must train on a CPU and match eager mode."""
+@pytest.mark.parametrize("device,rel", [("cpu", 1e-2), pytest.param("cuda", 2e-2, marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_gpu_speedrun_recipe_with_compile_matches_eager(tmp_path, device, rel):
+    """speedrun-gpu turns on torch.compile; shrunk, it must train on a CPU (and on a GPU where there is one)
+    and match eager mode."""
     shrink = tiny_overrides(**{"model.options.widths": [16, 32, 32], "optimizer.lr": 0.5, "train.batch_size": 64,
-                               "train.eval_batch_size": 200, "train.epochs": 1})
+                               "train.eval_batch_size": 200, "train.epochs": 1, "train.device": device})
     cfg = load_config(recipe="speedrun-gpu", overrides=shrink)
     assert cfg.train.compile and cfg.train.precision == "auto"
     t0 = time.time()
@@ -45,5 +50,5 @@ def test_gpu_speedrun_recipe_with_compile_runs_on_cpu(tmp_path):
                   tmp_path / "eager", log=quiet)
     assert compiled["status"] == "completed" and time.time() - t0 < 240
     a, b = (read_metrics(tmp_path / r / "metrics.csv") for r in ("compiled", "eager"))
-    assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=1e-2)  # same maths, fused kernels
+    assert a[0]["train_loss"] == pytest.approx(b[0]["train_loss"], rel=rel)  # same maths, fused kernels
     assert abs(compiled["best_val_accuracy"] - eager["best_val_accuracy"]) <= 0.05
