@@ -13,11 +13,11 @@ figure docs/speedrun.md compares. Its files are {"images": uint8 N x 32 x 32 x 3
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cifarlab.data.loader import stratified_split
-from cifarlab.data.sources import load_dataset, read_rows
+from cifarlab.config import DataConfig
+from cifarlab.data.loader import split_rows
+from cifarlab.data.sources import load_dataset
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True, help="a dataset spec, as for cifarlab train (folder:PATH, cifar10, sample)")
@@ -27,11 +27,10 @@ p.add_argument("--split-seed", type=int, default=0)
 a = p.parse_args()
 
 raw = load_dataset(a.data)
-y = np.asarray(raw.train_y)
-train_idx, val_idx = stratified_split(y, a.val_size, a.split_seed)  # the same split a recipe's run uses
+split = DataConfig(dataset=a.data, val_size=a.val_size, split_seed=a.split_seed)  # the split a recipe's run uses
 a.out.mkdir(parents=True, exist_ok=True)
-for name, idx in (("train.pt", train_idx), ("test.pt", val_idx)):
-    images = torch.from_numpy(read_rows(raw.train_x, idx)).permute(0, 2, 3, 1).contiguous()  # NCHW -> NHWC
-    torch.save({"images": images, "labels": torch.from_numpy(y[idx]).long(), "classes": list(raw.classes)},
-               a.out / name)
-    print(f"{a.out / name}: {len(idx)} images")
+for name, which in (("train.pt", "train"), ("test.pt", "val")):
+    x, y = split_rows(raw, split, which)
+    images = torch.from_numpy(x).permute(0, 2, 3, 1).contiguous()  # NCHW -> NHWC
+    torch.save({"images": images, "labels": torch.from_numpy(y).long(), "classes": list(raw.classes)}, a.out / name)
+    print(f"{a.out / name}: {len(y)} images")

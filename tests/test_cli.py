@@ -144,6 +144,13 @@ def test_eval_with_flip_tta(cli, trained):
     assert code == 0 and tta["images"] == plain["images"] and tta["loss"] != plain["loss"]
 
 
+def test_eval_train_split_is_the_rows_the_run_trained_on(cli, trained):
+    """--split train is the run's training rows, its data.train_limit included (it was once all 400 non-val rows)."""
+    out, _ = trained
+    code, stdout, _ = cli("eval", "--checkpoint", out, "--data", "sample", "--split", "train", "--json")
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["images"] == 300
+
+
 def test_eval_of_a_cached_dataset_prints_no_warning(trained):
     """The cache is a read-only memory map: eval once handed it to torch.from_numpy, and PyTorch printed a
     UserWarning about non-writable arrays (once per process, so a fresh process checks it)."""

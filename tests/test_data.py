@@ -212,6 +212,18 @@ def test_flip_rate_and_crop_offsets():
     assert counts.min() > 0.16 and counts.max() < 0.24  # uniform over the 5 offsets
 
 
+def test_split_rows_are_the_rows_a_run_trains_and_selects_on():
+    """eval --split val/train and benchmarks/airbench_data.py read split_rows; the trainer's PreparedData must agree."""
+    from cifarlab.data.loader import split_rows
+    from cifarlab.data.sources import load_dataset
+    cfg = DataConfig(dataset="sample", train_limit=150, val_size=0.2, split_seed=3)
+    data, raw = PreparedData(cfg, torch.device("cpu")), load_dataset("sample")
+    for which, split in (("train", data.train), ("val", data.val)):
+        x, y = split_rows(raw, cfg, which)
+        assert torch.equal(torch.from_numpy(x), split.x) and torch.equal(torch.from_numpy(y), split.y)
+    assert len(data.train) == 150 and x.flags.writeable
+
+
 def test_concat_original_doubles_the_epoch():
     cfg = DataConfig(dataset="sample", train_limit=200, val_size=100, augment=AugmentConfig(flip=True, concat_original=True))
     data = PreparedData(cfg, torch.device("cpu"))

@@ -45,6 +45,22 @@ def stratified_subset(idx: np.ndarray, y: np.ndarray, limit: int, seed: int) -> 
     return idx[keep]
 
 
+def split_indices(raw: RawDataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices into a dataset's training images, as every run with this data config carves them."""
+    train_idx, val_idx = stratified_split(np.asarray(raw.train_y), cfg.val_size, cfg.split_seed)
+    if cfg.train_limit:
+        train_idx = stratified_subset(train_idx, np.asarray(raw.train_y), cfg.train_limit, cfg.split_seed)
+    return train_idx, val_idx
+
+
+def split_rows(raw: RawDataset, cfg: DataConfig, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the 'train' or 'val' split a run with this data config trains or selects on.
+    The images are one copy of the rows: a cached dataset is a read-only memory map, which torch.from_numpy
+    warns about, and indexing the map would make its pages count in this process too."""
+    idx = split_indices(raw, cfg)[("train", "val").index(which)]
+    return read_rows(raw.train_x, idx), np.asarray(raw.train_y)[idx]
+
+
 def normalisation(cfg: DataConfig, train_x: np.ndarray) -> tuple[list[float], list[float]]:
     c = train_x.shape[1]
     if cfg.normalize == "none":
@@ -85,17 +101,14 @@ class PreparedData:
         raw = raw if raw is not None else load_dataset(cfg.dataset)
         self.classes = list(raw.classes)
         self.image_shape = raw.image_shape
-        train_idx, val_idx = stratified_split(np.asarray(raw.train_y), cfg.val_size, cfg.split_seed)
-        if cfg.train_limit:
-            train_idx = stratified_subset(train_idx, np.asarray(raw.train_y), cfg.train_limit, cfg.split_seed)
         # Each split is one copy of its rows, shared with torch (from_numpy) on the CPU: the floor is one
         # copy of the dataset, since the split is a selection of rows. The cached arrays are read, not mapped.
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        train_x = read_rows(raw.train_x, train_idx)
+        train_x, train_y = split_rows(raw, cfg, "train")
         self.mean, self.std = normalisation(cfg, train_x)
-        self.train = Split(to(train_x), to(raw.train_y[train_idx]))
+        self.train = Split(to(train_x), to(train_y))
         del train_x  # on a GPU the host copy can go now
-        self.val = Split(to(read_rows(raw.train_x, val_idx)), to(raw.train_y[val_idx]))
+        self.val = Split(*map(to, split_rows(raw, cfg, "val")))
         self.test = None
         if raw.test_x is not None:
             self.test = Split(to(read_rows(raw.test_x, np.arange(len(raw.test_x)))), to(np.array(raw.test_y)))

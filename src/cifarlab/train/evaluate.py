@@ -66,7 +66,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     import numpy as np
 
     from cifarlab.config import validate_config
-    from cifarlab.data.loader import Split, stratified_split
+    from cifarlab.data.loader import Split, split_rows
     from cifarlab.data.normalize import Normalize, to_unit
     from cifarlab.data.sources import load_dataset, read_rows
     from cifarlab.errors import UserError
@@ -87,18 +87,13 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     if split == "test":
         if raw.test_x is None:
             raise UserError(f"dataset '{data_spec}' has no test split: use --split all, val or train")
-        x, y, idx = raw.test_x, raw.test_y, np.arange(len(raw.test_x))
-    elif split in ("val", "train"):
-        data_cfg = validate_config(ckpt["config"]).data
-        tr, va = stratified_split(np.asarray(raw.train_y), data_cfg.val_size, data_cfg.split_seed)
-        x, y, idx = raw.train_x, raw.train_y, (va if split == "val" else tr)
+        x, y = read_rows(raw.test_x, np.arange(len(raw.test_x))), np.array(raw.test_y)
+    elif split in ("val", "train"):  # the rows the checkpoint's run selected or trained on
+        x, y = split_rows(raw, validate_config(ckpt["config"]).data, split)
     elif split == "all":
-        x, y, idx = raw.train_x, raw.train_y, np.arange(len(raw.train_x))
+        x, y = read_rows(raw.train_x, np.arange(len(raw.train_x))), np.array(raw.train_y)
     else:
         raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
-    # copies of the rows, read as the trainer reads them: a cached dataset is a read-only memory map, which
-    # torch.from_numpy warns about, and indexing the map would make its pages count in this process too
-    x, y = read_rows(x, idx), np.asarray(y)[idx]
     model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
     normalize = Normalize.of_checkpoint(ckpt).to(dev)
     data = Split(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
