@@ -38,15 +38,17 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., 2 + dy:2 + dy + x.shape[-2], 2 + dx:2 + dx + x.shape[-1]]
 
 
-def view_logits(model, normalize, x: torch.Tensor) -> dict:
-    """{(offset, mirrored): float logits} over the whole split, one forward pass per view."""
-    views = {}
+def view_logits(model, normalize, x: torch.Tensor, channels_last: bool) -> dict:
+    """{(offset, mirrored): float logits} over the whole split, one forward pass per view, in the memory
+    layout the run validated in (NHWC runs ~1.7x faster here)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model, views = model.to(memory_format=layout), {}
     with torch.inference_mode(), autocast(torch.device("cpu"), a.precision):
         for offset in OFFSETS:
             for mirror in (False, True):
                 out = []
                 for i in range(0, len(x), 1000):
-                    xb = shifted(normalize(to_unit(x[i:i + 1000])), *offset)
+                    xb = shifted(normalize(to_unit(x[i:i + 1000])), *offset).contiguous(memory_format=layout)
                     out.append(model(xb.flip(3) if mirror else xb).float())
                 views[offset, mirror] = torch.cat(out)
     return views
@@ -76,10 +78,11 @@ def view_sets(views: dict) -> dict:
 raw = load_dataset(a.data)
 for path in a.checkpoints:
     ckpt = load_checkpoint(path)
-    x, y = split_rows(raw, validate_config(ckpt["config"]).data, "val")
+    cfg = validate_config(ckpt["config"])
+    x, y = split_rows(raw, cfg.data, "val")
     model, normalize = model_from_checkpoint(ckpt, path).eval(), Normalize.of_checkpoint(ckpt)
     start = time.perf_counter()
-    views = view_logits(model, normalize, torch.from_numpy(x))
+    views = view_logits(model, normalize, torch.from_numpy(x), cfg.train.channels_last)
     per_view = (time.perf_counter() - start) / len(views)
     y = torch.from_numpy(y)
     row = {name: round((logits.argmax(1) == y).float().mean().item() * 100, 2) for name, logits in view_sets(views).items()}
