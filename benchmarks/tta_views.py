@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Would more test-time views help? Each checkpoint's validation split (the rows its run selected on) is
 evaluated once per view: 13 pixel offsets (the 3x3 neighbourhood and four 2-pixel diagonals), each with and
-without the mirror, borders reflected as in train/tta.py. Sets of views are then averaged from the stored
+without the mirror, borders reflected (train/tta.py's `shifted`). Sets of views are then averaged from the stored
 logits, so every set is compared on the same forward passes:
 
   python benchmarks/tta_views.py --data folder:PATH/train.tar.gz RUN/best.pt [RUN2/best.pt ...]
@@ -14,7 +14,6 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.config import validate_config
 from cifarlab.data.loader import split_rows
@@ -22,6 +21,7 @@ from cifarlab.data.normalize import Normalize, to_unit
 from cifarlab.data.sources import load_dataset
 from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.train.runtime import autocast
+from cifarlab.train.tta import shifted
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True, help="the dataset the checkpoints were trained on (a --data spec)")
@@ -31,11 +31,6 @@ a = p.parse_args()
 
 OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)] + [(-2, -2), (2, 2), (-2, 2), (2, -2)]
 NEIGHBOURS = [o for o in OFFSETS[:9] if o != (0, 0)]
-
-
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
-    return padded[..., 2 + dy:2 + dy + x.shape[-2], 2 + dx:2 + dx + x.shape[-1]]
 
 
 def view_logits(model, normalize, x: torch.Tensor, channels_last: bool) -> dict:

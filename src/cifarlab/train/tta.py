@@ -12,11 +12,12 @@ import torch.nn.functional as F
 LEVELS = {0: "none", 1: "flip", 2: "flip + 1-pixel translations"}
 
 
-def _shifted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch moved one pixel up-left and one pixel down-right, the border reflected (as airbench)."""
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The batch moved by dy rows and dx columns, the border reflected (as airbench)."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     h, w = x.shape[-2:]
-    return padded[..., 0:h, 0:w], padded[..., 2:h + 2, 2:w + 2]
+    return padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
 
 
 def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
@@ -26,6 +27,5 @@ def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
     if level == 1:
         return both / 2
     # airbench's weights: half on the two plain views, half on the four translated ones
-    up_left, down_right = _shifted(x)
-    shifted = sum(model(v) + model(v.flip(3)) for v in (up_left, down_right))
-    return (both + shifted / 2) / 4
+    moved = sum(model(v) + model(v.flip(3)) for v in (shifted(x, -1, -1), shifted(x, 1, 1)))
+    return (both + moved / 2) / 4
