@@ -57,6 +57,13 @@ class ColorJitterConfig(_Section):
     hue: float = Field(0.0, ge=0, le=0.5)
 
 
+class ProgressiveResizeConfig(_Section):
+    """Train on downscaled images early, full size by the end (fastai's progressive resizing)."""
+    start_size: int = Field(ge=4, le=4096, description="side in pixels the training images are shrunk to at the start")
+    full_at: float = Field(0.5, gt=0, le=1, description="fraction of training (of the time limit, if set; else of the "
+                                                         "epochs) from which images keep their full size")
+
+
 class AugmentConfig(_Section):
     crop_padding: int = Field(0, ge=0, le=32, description="random crop after zero-padding by this many pixels; 0 = off")
     flip: Literal[False, True, "alternate"] = Field(
@@ -69,6 +76,9 @@ class AugmentConfig(_Section):
     concat_original: bool = Field(False, description="each epoch sees every original image and an augmented copy")
     crop_mode: Literal["zeros", "reflect"] = Field(
         "zeros", description="how the random crop pads: zeros (black border) or reflect (a translation, as airbench)")
+    progressive_resize: ProgressiveResizeConfig | None = Field(
+        None, description="training images downscaled early, growing linearly to full size; needs a model that "
+                          "pools adaptively (speedrun_net, resnet); validation and test always see full size")
 
     @property
     def enabled(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cifarlab.config import AugmentConfig
 from cifarlab.data.normalize import Normalize, to_unit
@@ -46,6 +47,8 @@ class BatchTransform:
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, augment: AugmentConfig | None, image_size: int):
         self.normalize = Normalize(mean, std)
         self.before, self.after = build_augment(augment, image_size) if augment else (None, None)
+        self.train_size: int | None = None  # progressive resizing: the side training batches are shrunk to
+
 
     def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None,
                  flip: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,7 +63,20 @@ class BatchTransform:
             x = self.after(x)
         if keep_original is not None:  # "original + augmented copy": these rows stay un-augmented
             x = torch.where(keep_original.view(-1, 1, 1, 1), self.normalize(orig), x)
+        if train and self.train_size is not None and self.train_size < x.shape[-1]:
+            # after the crop, so a 2-px translation at full size stays a translation; antialiased, so a
+            # shrunk image looks like a smaller photograph, not an aliased subsample
+            x = F.interpolate(x, size=(self.train_size, self.train_size), mode="bilinear", antialias=True)
         return x
+
+
+def progressive_size(start: int, full: int, full_at: float, progress: float) -> int | None:
+    """Side of the training images at this fraction of training: `start` at 0, growing linearly to `full`
+    at `full_at` (rounded down to an even side, so there are few distinct shapes); None = full size."""
+    if progress >= full_at or start >= full:
+        return None
+    side = start + (full - start) * progress / full_at
+    return min(full, max(start, int(side) // 2 * 2))
 
 
 def alternate_flips(base: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.config import ExperimentConfig
+from cifarlab.data.augment import progressive_size
 from cifarlab.data.loader import PreparedData
 from cifarlab.data.mix import BatchMix
 from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
@@ -73,6 +74,9 @@ class Trainer:
             self.model.init_from_data(self.data.transform(self.data.train.x[:5000], train=False))
         if t.channels_last:  # NHWC lets oneDNN/cuDNN pick their fastest convolution kernels
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.resize = cfg.data.augment.progressive_resize
+        if self.resize:
+            self._check_resizable(h)
         # the weights to validate and keep: an average of the recent steps (train.ema) or the model itself;
         # made before the optimizer, so the copy carries none of its gradient hooks (Muon's)
         self.ema = WeightEMA(self.model, t.ema.decay, t.ema.warmup, t.ema.every) if t.ema else None
@@ -168,6 +172,10 @@ class Trainer:
         order = torch.Generator().manual_seed(_epoch_seed(t.seed, epoch))
         if hasattr(self.model, "epoch_started"):  # e.g. speedrun_net freezing its whitening bias after N epochs
             self.model.epoch_started(epoch)
+        if self.resize:  # decided at the epoch's start from saved state (epoch, training time): a resume agrees
+            done = self._budget_spent() if t.time_limit_minutes else (epoch - 1) / t.epochs
+            self.data.transform.train_size = progressive_size(self.resize.start_size, self.data.image_shape[1],
+                                                              self.resize.full_at, done)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -196,7 +204,8 @@ class Trainer:
         self._check_finite(loss_sum, epoch)
         seconds = self.clock() - t0
         self.train_seconds, self._epoch_t0 = self.train_seconds + seconds, None
-        return {"epoch": epoch, "train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
+        shown = {"train_size": self.data.transform.train_size or self.data.image_shape[1]} if self.resize else {}
+        return {"epoch": epoch, **shown, "train_loss": loss_sum.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1),
                 "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": seconds,
                 "images_per_second": seen / max(seconds, 1e-9), "peak_memory_mb": peak_memory_mb(self.device)}
 
@@ -286,6 +295,24 @@ class Trainer:
         limit = self.cfg.train.time_limit_minutes
         return bool(limit) and self.train_seconds + running >= limit * 60
 
+    def _check_resizable(self, full: int) -> None:
+        """Refuse before training a model that cannot take the shrunk images (a fixed-size flatten, say)."""
+        start = self.resize.start_size
+        if start >= full:
+            raise UserError(f"data.augment.progressive_resize.start_size {start} is not below the images' {full} px: "
+                            f"give a smaller side (e.g. {full * 3 // 4}) or drop progressive_resize")
+        probe = torch.zeros(2, self.data.image_shape[0], start, start, device=self.device)
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                self.model.eval()(probe)
+        except RuntimeError as err:
+            raise UserError(f"model {self.cfg.model.name} cannot take {start}x{start} images "
+                            f"({str(err).splitlines()[0][:120]}); progressive_resize needs a model that pools "
+                            "adaptively (speedrun_net, resnet*, expert_net), or a larger start_size") from None
+        finally:
+            self.model.train(was_training)
+
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
         if math.isfinite(loss_sum.item()):
             return
@@ -304,7 +331,8 @@ class Trainer:
     def _epoch_line(self, r: dict, improved: bool) -> str:
         width = len(str(self.cfg.train.epochs))
         val = f"val loss {r['val_loss']:.4f} acc {r['val_accuracy']:6.2%}" if validated(r) else "not validated"
-        return (f"epoch {r['epoch']:>{width}}/{self.cfg.train.epochs}  train loss {r['train_loss']:.4f} "
+        size = f" at {r['train_size']} px" if r.get("train_size") else ""
+        return (f"epoch {r['epoch']:>{width}}/{self.cfg.train.epochs}{size}  train loss {r['train_loss']:.4f} "
                 f"acc {r['train_accuracy']:6.2%}  {val}{' *' if improved else '  '}  lr {r['lr']:.2e}  "
                 f"{r['epoch_seconds']:.1f}s  {r['images_per_second']:.0f} img/s  {r['peak_memory_mb']:.0f} MiB peak")
 
