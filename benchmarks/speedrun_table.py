@@ -2,6 +2,7 @@
 """The full-budget ablation table of a recipe, from the runs benchmarks/speedrun.py logged, not typed by hand:
 
   python benchmarks/speedrun_table.py --recipe speedrun-cpu --since 2026-12-06 --precision bf16 --cpu-flag avx512_bf16
+  python benchmarks/speedrun_table.py --recipe speedrun-cpu --from-line 71   # one session's machine only
 
 Takes the rows of benchmarks/results/speedrun.jsonl for that recipe, precision and CPU (native kernels only:
 runs with their kernels limited, `isa_limits`, and runs marked `excluded` are left out), groups them by their
@@ -18,6 +19,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--recipe", default="speedrun-cpu")
 p.add_argument("--since", default="", help="first date (YYYY-MM-DD) to take rows from: the recipe as it is now")
 p.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "fp16"])
+p.add_argument("--from-line", type=int, default=1,
+               help="first line of the results file to read (1-based): runs on one machine, when the flags cannot tell two apart")
 p.add_argument("--cpu-flag", default="", help="only rows whose cpu_flags name this flag (e.g. avx512_bf16)")
 p.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "speedrun.jsonl")
 p.add_argument("--json", action="store_true")
@@ -29,7 +32,7 @@ def seed_of(run: dict) -> str:
 
 
 groups: dict[str, list[dict]] = {}
-for line in a.results.read_text().splitlines():
+for line in a.results.read_text().splitlines()[a.from_line - 1:]:
     run = json.loads(line)
     wrong_cpu = a.cpu_flag and a.cpu_flag not in run.get("cpu_flags", "").split()
     if (run["recipe"] != a.recipe or run["date"] < a.since or run.get("precision") != a.precision or wrong_cpu
