@@ -49,7 +49,6 @@ class BatchTransform:
         self.before, self.after = build_augment(augment, image_size) if augment else (None, None)
         self.train_size: int | None = None  # progressive resizing: the side training batches are shrunk to
 
-
     def __call__(self, xb: torch.Tensor, train: bool, keep_original: torch.Tensor | None = None,
                  flip: torch.Tensor | None = None) -> torch.Tensor:
         x = to_unit(xb)

@@ -306,7 +306,7 @@ class Trainer:
         try:
             with torch.no_grad():
                 self.model.eval()(probe)
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise UserError(f"model {self.cfg.model.name} cannot take {start}x{start} images "
                             f"({str(err).splitlines()[0][:120]}); progressive_resize needs a model that pools "
                             "adaptively (speedrun_net, resnet*, expert_net), or a larger start_size") from None
