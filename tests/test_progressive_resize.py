@@ -74,6 +74,20 @@ def test_time_limited_runs_grow_with_the_training_time(tmp_path, monkeypatch):
     assert sizes[0] == 16 and sizes[-1] == 32 and sizes == sorted(sizes) and len(set(sizes)) > 2
 
 
+def test_a_time_limited_run_that_runs_out_of_epochs_first_still_reaches_full_size(tmp_path, monkeypatch):
+    now = [0.0]
+
+    def slow_clock():  # a 100-minute budget these 4 epochs use a sliver of: train.epochs ends the run, as the LR's decay
+        now[0] += 1e-6
+        return now[0]
+    monkeypatch.setattr(Trainer, "clock", staticmethod(slow_clock))
+    extra = resized(16, 0.5, **{"train.time_limit_minutes": 100, "train.epochs": 4})
+    train(load_config(recipe="quickstart", overrides=tiny_overrides(**extra)), tmp_path / "s", log=quiet)
+    log = (tmp_path / "s" / "train.log").read_text().splitlines()
+    sizes = [int(line.split(" at ")[1].split(" px")[0]) for line in log if line.startswith("epoch ")]
+    assert sizes == [16, 24, 32, 32]
+
+
 def test_progressive_resize_resumes_exactly(tmp_path):
     assert_resumes_exactly(tmp_path, **resized(16, 0.7, **{"train.epochs": 3}))
 

@@ -173,7 +173,8 @@ class Trainer:
         if hasattr(self.model, "epoch_started"):  # e.g. speedrun_net freezing its whitening bias after N epochs
             self.model.epoch_started(epoch)
         if self.resize:  # decided at the epoch's start from saved state (epoch, training time): a resume agrees
-            done = self._budget_spent() if t.time_limit_minutes else (epoch - 1) / t.epochs
+            # as the time-fitted LR schedule: the time budget or train.epochs, whichever runs out first
+            done = max((epoch - 1) / t.epochs, self._budget_spent() if t.time_limit_minutes else 0.0)
             self.data.transform.train_size = progressive_size(self.resize.start_size, self.data.image_shape[1],
                                                               self.resize.full_at, done)
         self.model.train()
