@@ -111,7 +111,7 @@ class PreparedData:
         self.val = Split(*map(to, split_rows(raw, cfg, "val")))
         self.test = None
         if raw.test_x is not None:
-            self.test = Split(to(read_rows(raw.test_x, np.arange(len(raw.test_x)))), to(np.array(raw.test_y)))
+            self.test = Split(to(read_rows(raw.test_x)), to(np.array(raw.test_y)))
         self.concat_original = cfg.augment.concat_original
         self.flip_base = None  # data.augment.flip: alternate: which images are mirrored in epoch 1, from the seed
         if cfg.augment.flip == "alternate":

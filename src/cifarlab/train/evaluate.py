@@ -87,11 +87,11 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     if split == "test":
         if raw.test_x is None:
             raise UserError(f"dataset '{data_spec}' has no test split: use --split all, val or train")
-        x, y = read_rows(raw.test_x, np.arange(len(raw.test_x))), np.array(raw.test_y)
+        x, y = read_rows(raw.test_x), np.array(raw.test_y)
     elif split in ("val", "train"):  # the rows the checkpoint's run selected or trained on
         x, y = split_rows(raw, validate_config(ckpt["config"]).data, split)
     elif split == "all":
-        x, y = read_rows(raw.train_x, np.arange(len(raw.train_x))), np.array(raw.train_y)
+        x, y = read_rows(raw.train_x), np.array(raw.train_y)
     else:
         raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
     model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
