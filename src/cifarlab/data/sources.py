@@ -182,8 +182,9 @@ def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
 
 def read_rows(x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
     """`x[idx]` (every row when idx is None) in memory. From a cached (memory-mapped) array the rows are
-    read with plain file reads: indexing the map would also make every page it touches resident in this process, so its RSS would
-    count the data twice (the map and the copy), although the map's half is only page cache."""
+    read with plain file reads: indexing the map would also make every page it touches resident in this
+    process, so its RSS would count the data twice (the map and the copy), although the map's half is only
+    page cache."""
     idx = np.arange(len(x)) if idx is None else idx
     offset = _npy_data_offset(x)
     if offset is None:
