@@ -11,27 +11,40 @@ from cifarlab.models.registry import register_model
 
 
 class ConvGroup(nn.Module):
-    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU: pooling early halves the cost of everything after it."""
+    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU: pooling early halves the cost of everything after it.
 
-    def __init__(self, c_in, c_out, train_norm_weight=True):
+    With convs >= 3 (airbench96 uses 3) the convs after the first form a residual branch, GELU(x + BN(conv(...))),
+    as in airbench96: the skip carries the signal past the added convs, so the deeper group stays easy to train."""
+
+    def __init__(self, c_in, c_out, train_norm_weight=True, convs=2):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding="same", bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding="same", bias=False)
-        self.norm1, self.norm2 = nn.BatchNorm2d(c_out, momentum=0.4), nn.BatchNorm2d(c_out, momentum=0.4)
-        for norm in (self.norm1, self.norm2):  # airbench keeps the scales at 1: only the offsets learn
-            norm.weight.requires_grad_(train_norm_weight)
-        for conv in (self.conv1, self.conv2):  # partial identity init: trains like a shallower net at first
-            w = conv.weight.data
+        self.convs = convs
+        # conv1, conv2, ..., then norm1, norm2, ...: the names and parameter order airbench and older checkpoints use
+        for i in range(1, convs + 1):
+            self.add_module(f"conv{i}", nn.Conv2d(c_in if i == 1 else c_out, c_out, 3, padding="same", bias=False))
+        for i in range(1, convs + 1):
+            self.add_module(f"norm{i}", nn.BatchNorm2d(c_out, momentum=0.4))
+        for i in range(1, convs + 1):
+            # airbench keeps the scales at 1: only the offsets learn
+            getattr(self, f"norm{i}").weight.requires_grad_(train_norm_weight)
+            w = getattr(self, f"conv{i}").weight.data  # partial identity init: trains like a shallower net at first
             torch.nn.init.dirac_(w[:w.size(1)])
 
     def forward(self, x):
         x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        return F.gelu(self.norm2(self.conv2(x)))
+        if self.convs == 2:
+            return F.gelu(self.norm2(self.conv2(x)))
+        skip = x
+        for i in range(2, self.convs):
+            x = F.gelu(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
+        last = self.convs
+        return F.gelu(getattr(self, f"norm{last}")(getattr(self, f"conv{last}")(x)) + skip)
 
 
 class SpeedrunNet(nn.Module):
     def __init__(self, num_classes=10, in_channels=3, widths=(64, 256, 256), whiten_width=24, scale=1 / 9,
-                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False):
+                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False,
+                 convs_per_group=2):
         super().__init__()
         self.freeze_whiten_bias_after = freeze_whiten_bias_after
         # 2x2 patch whitening: a fixed first layer that decorrelates pixels, set from the data
@@ -41,7 +54,7 @@ class SpeedrunNet(nn.Module):
         self.whiten.norm_like_bias = whiten_bias_as_norm_bias
         blocks, c = [], whiten_width
         for w in widths:
-            blocks.append(ConvGroup(c, w, train_norm_weight))
+            blocks.append(ConvGroup(c, w, train_norm_weight, convs_per_group))
             c = w
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(c, num_classes, bias=False)
@@ -74,19 +87,24 @@ class SpeedrunNet(nn.Module):
 
 @register_model("speedrun_net", family="speedrun")
 def speedrun_net(num_classes=10, in_channels=3, image_size=32, widths=(64, 256, 256), whiten_width=24,
-                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False):
+                 freeze_whiten_bias_after=None, train_norm_weight=True, whiten_bias_as_norm_bias=False,
+                 convs_per_group=2):
     """airbench-style net: whitened 2x2 stem, three conv groups, dirac init; fast time-to-accuracy.
 
     freeze_whiten_bias_after: train the whitening layer's bias for this many epochs only (airbench: 3).
     train_norm_weight: false keeps the BatchNorm scales at 1, training only their biases (airbench).
     whiten_bias_as_norm_bias: the whitening bias learns at the BatchNorm biases' rate
-    (optimizer.norm_bias_lr_mult) and decay, as in airbench, instead of the base rate."""
+    (optimizer.norm_bias_lr_mult) and decay, as in airbench, instead of the base rate.
+    convs_per_group: 2 as airbench94; 3 or more as airbench96, the convs after the first in a residual branch."""
     widths = check_widths("widths", widths, what="positive channel counts such as [64, 256, 256]")
     if not is_whole(whiten_width, low=2) or whiten_width % 2:
         raise ValueError(f"whiten_width must be a positive even number (filters come in +/- pairs), got {whiten_width!r}")
     if freeze_whiten_bias_after is not None and not is_whole(freeze_whiten_bias_after, low=0):
         raise ValueError(f"freeze_whiten_bias_after must be a whole number of epochs (0 or more), "
                          f"got {freeze_whiten_bias_after!r}")
+    if not is_whole(convs_per_group, low=2, high=16):
+        raise ValueError(f"convs_per_group must be a whole number from 2 to 16, got {convs_per_group!r}")
     return SpeedrunNet(num_classes, in_channels, widths, whiten_width, freeze_whiten_bias_after=freeze_whiten_bias_after,
+                       convs_per_group=convs_per_group,
                        train_norm_weight=check_flag("train_norm_weight", train_norm_weight),
                        whiten_bias_as_norm_bias=check_flag("whiten_bias_as_norm_bias", whiten_bias_as_norm_bias))
