@@ -30,15 +30,18 @@ class ConvGroup(nn.Module):
             w = getattr(self, f"conv{i}").weight.data  # partial identity init: trains like a shallower net at first
             torch.nn.init.dirac_(w[:w.size(1)])
 
+    def conv_norm(self, i, x):
+        """BN_i(conv_i(x)), the layers by their checkpoint names."""
+        return getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x))
+
     def forward(self, x):
         x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
         if self.convs == 2:
-            return F.gelu(self.norm2(self.conv2(x)))
+            return F.gelu(self.conv_norm(2, x))
         skip = x
         for i in range(2, self.convs):
-            x = F.gelu(getattr(self, f"norm{i}")(getattr(self, f"conv{i}")(x)))
-        last = self.convs
-        return F.gelu(getattr(self, f"norm{last}")(getattr(self, f"conv{last}")(x)) + skip)
+            x = F.gelu(self.conv_norm(i, x))
+        return F.gelu(self.conv_norm(self.convs, x) + skip)
 
 
 class SpeedrunNet(nn.Module):
