@@ -72,7 +72,7 @@ def test_model_by_module_and_callable(tmp_path, monkeypatch):
     r = cifarlab.train(config={"model": {"name": "mynets:Net", "options": {"hidden": 8}}}, overrides=TINY,
                        out=tmp_path / "run", report=False, log=None)
     assert r.summary["model"] == "mynets:Net" and len(r.metrics) == 2
-    assert cifarlab.evaluate(r, data="sample", split="val")["images"] == 100
+    assert cifarlab.evaluate(r, data="sample", split="val", trust_code=True)["images"] == 100
     with pytest.raises(cifarlab_errors().UserError) as err:
         cifarlab.build_model("mynets_missing:Net")
     assert "cannot import" in str(err.value) and "\n" not in str(err.value)

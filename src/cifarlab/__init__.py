@@ -129,14 +129,18 @@ def _result(summary: dict) -> RunResult:
 
 
 def evaluate(checkpoint: str | Path | RunResult, data: str = "sample", split: str = "auto", batch_size: int = 1000,
-             device: str = "auto", tta: bool = False) -> dict:
+             device: str = "auto", tta: int | bool | None = None, trust_code: bool = False) -> dict:
     """Evaluate a checkpoint (a .pt file, a run directory, or a RunResult) on a dataset spec ("cifar10",
     "folder:PATH", ...): {"accuracy", "loss", "macro_f1", "per_class_accuracy", "confusion_matrix", ...}.
-    split: auto (test if the dataset has one, else all images) | test | val | train | all."""
+    split: auto (test if the dataset has one, else all images) | test | val | train | all.
+    tta: the test-time augmentation level (0 none, 1 + mirror, 2 + 1-pixel shifts; True is 1, False 0);
+    default: the level the checkpoint's run validated with, as `cifarlab eval`.
+    trust_code: allow a checkpoint whose model is `package.module:callable` (your own code) to import it."""
     from cifarlab.train.evaluate import evaluate_checkpoint
 
     path = checkpoint.run_dir if isinstance(checkpoint, RunResult) else checkpoint
-    return evaluate_checkpoint(str(path), data, split, batch_size, device, tta)
+    level = int(tta) if isinstance(tta, bool) else tta
+    return evaluate_checkpoint(str(path), data, split, batch_size, device, level, trust_code)
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **options) -> "nn.Module":

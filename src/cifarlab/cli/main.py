@@ -157,12 +157,14 @@ def evaluate(
     device: str = typer.Option("auto"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
                                       "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
+                                    "imports and runs that code: allow it (only for files from someone you trust)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""
     from cifarlab.train.evaluate import evaluate_checkpoint
 
-    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta)
+    res = evaluate_checkpoint(str(checkpoint), data, split, batch_size, device, tta, trust_code)
     say = _say(as_json)
     say(f"{res['data']} [{res['split']}], {res['images']} images, TTA level {res['tta_level']}: accuracy {res['accuracy']:.2%}, "
         f"loss {res['loss']:.4f}, macro F1 {res['macro_f1']:.4f}")

@@ -82,6 +82,8 @@ def summary(
     in_channels: int = typer.Option(3, "--in-channels", min=1, max=64),
     image_size: int = typer.Option(32, "--image-size", min=1, max=1024),
     weights: bool = typer.Option(False, "--weights", help="also each parameter's shape, statistics and first values"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
+                                    "imports and runs that code: allow it (only for files from someone you trust)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """The layer table of a model (output shapes, parameters, multiply-adds) without training."""
@@ -93,7 +95,7 @@ def summary(
     if (model is None) == (checkpoint is None):
         raise UserError("give a model name or --checkpoint PATH (one of them)")
     if checkpoint is not None:
-        ckpt, net = load_model(checkpoint)
+        ckpt, net = load_model(checkpoint, trust_code)
         spec = ckpt["model"]
         name, shape = spec["name"], (spec["in_channels"], spec["image_size"], spec["image_size"])
     else:
@@ -130,12 +132,14 @@ def predict(
     top_k: int = typer.Option(3, "--top-k", min=1, max=100_000, help="how many classes to show per image"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
                                       "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
+                                    "imports and runs that code: allow it (only for files from someone you trust)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Classify image files with a trained checkpoint: the top-k classes with their probabilities."""
     from cifarlab.report.predict import predict_files
 
-    results = predict_files(checkpoint, images, top_k, tta)
+    results = predict_files(checkpoint, images, top_k, tta, trust_code)
     say = _say(as_json)
     for r in results:
         say(f"{r['image']}: " + ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"]))
@@ -148,12 +152,14 @@ def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
     fmt: str = typer.Option(..., "--format", help="onnx | torchscript"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="the file to write (default: beside the checkpoint)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
+                                    "imports and runs that code: allow it (only for files from someone you trust)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Export a checkpoint to ONNX or TorchScript, then check it gives PyTorch's outputs."""
     from cifarlab.report.export import ATOL, export_checkpoint
 
-    res = export_checkpoint(checkpoint, fmt, out)
+    res = export_checkpoint(checkpoint, fmt, out, trust_code)
     say = _say(as_json)
     say(f"wrote {res['out']} ({res['format']}, {res['exporter']} exporter); input: {res['input']}")
     say(f"check: max abs difference to PyTorch on a batch of {res['checked_batch']}: {res['max_abs_diff']:.2e} "

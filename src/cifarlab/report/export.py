@@ -73,7 +73,7 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> dict:
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None, trust_code: bool = False) -> dict:
     """Write the exported model, reload it with its own runtime, compare outputs on a random batch.
 
     The file at `out` is replaced only by an export that loaded and agreed: one that fails or crashes
@@ -81,7 +81,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     export is kept beside it (model.rejected.onnx) for inspection."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}': use onnx or torchscript")
-    ckpt, model = load_model(checkpoint)
+    ckpt, model = load_model(checkpoint, trust_code)
     spec = ckpt["model"]
     model = Normalised(model, Normalize.of_checkpoint(ckpt)).eval()
     src = Path(checkpoint)

@@ -6,6 +6,7 @@ evaluation and export need; `last.pt` adds optimizer, scheduler and history so a
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import shutil
 from pathlib import Path
@@ -13,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
 from cifarlab.fileio import atomic_write
-from cifarlab.models import build_model
+from cifarlab.models import build_model, model_names
 
 FORMAT = "cifarlab-checkpoint-1"
 OUTPUT_BYTES = 16 * 2**20  # room for logs, metrics and what end-of-run hooks write (plots, HTML)
@@ -73,7 +74,21 @@ def load_checkpoint(path: str | Path) -> dict:
         _damaged(path, "classes", f"are not {spec['num_classes']} class names")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["state_dict"].items()):
         _damaged(path, "state_dict", "holds something other than named tensors")
+    _check_normalization(ckpt["normalization"], spec["in_channels"], path)
+    if not isinstance(ckpt.get("config", {}), dict):
+        _damaged(path, "config", f"has the wrong type ({type(ckpt['config']).__name__})")
     return ckpt
+
+
+def _check_normalization(norm: dict, channels: int, path) -> None:
+    """Evaluation divides by these: each a list of one finite number per channel, the stds positive."""
+    for key in ("mean", "std"):
+        v = norm.get(key)
+        if not (isinstance(v, list) and len(v) == channels and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            _damaged(path, f"normalization.{key}", f"is not a list of {channels} finite numbers (one per channel)")
+    if not all(x > 0 for x in norm["std"]):
+        _damaged(path, "normalization.std", "has a std that is not positive")
 
 
 def _whole(v) -> bool:
@@ -112,11 +127,18 @@ def check_resume_state(state: dict, path) -> None:
         _damaged(path, "best", "lacks its epoch or val_accuracy")
 
 
-def model_from_checkpoint(ckpt: dict, where: str = "checkpoint") -> nn.Module:
-    """Rebuild the model the checkpoint describes and load its weights (strictly)."""
+def model_from_checkpoint(ckpt: dict, where: str = "checkpoint", trust_code: bool = False) -> nn.Module:
+    """Rebuild the model the checkpoint describes and load its weights (strictly).
+
+    A checkpoint is data: a model it names as `package.module:callable` (code outside the zoo) would be
+    imported and called with options from the file, so that happens only with `trust_code=True`."""
     _check_fields(ckpt, WEIGHT_FIELDS, where)  # also for a dict that did not come through load_checkpoint
     _check_fields(ckpt["model"], MODEL_FIELDS, where, "model.")
     spec = ckpt["model"]
+    if spec["name"] not in model_names() and not trust_code:
+        raise UserError(f"{where} names model {short(spec['name'], 80)}, which is not in cifarlab's zoo: code it "
+                        "names is imported and run only on request; add --trust-code (Python: trust_code=True) "
+                        "if you trust whoever made this file")
     model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                         image_size=spec["image_size"], **spec["options"])
     load_weights(model, ckpt["state_dict"], where)

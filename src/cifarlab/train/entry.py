@@ -67,10 +67,14 @@ def resume(run_dir: str | Path, overrides: dict | None = None, log: Callable[[st
         state = load_checkpoint(run.last)
         check_resume_state(state, run.last)
         cfg, changed = apply_overrides(raw, overrides, epochs_done=state["epoch"])
-        # a run killed after its last epoch but before its summary resumes into the final evaluation
-        if state["epoch"] >= cfg.train.epochs and not changed and run.summary.exists():
+        # a run killed after its last epoch but before its summary resumes into the final evaluation;
+        # a finished one only by more epochs (a new thread count or time limit alone would just redo its summary)
+        if state["epoch"] >= cfg.train.epochs and "train.epochs" not in changed and run.summary.exists():
             raise UserError(f"run '{run.path}' already finished its {cfg.train.epochs} epochs: "
                             "extend it with --resume DIR --epochs N (N > the epochs done)")
+        if state["best"]["epoch"] >= 1 and not run.best.is_file():  # its final evaluation needs that epoch's weights
+            raise UserError(f"run '{run.path}' has lost its best.pt (the weights of its best epoch, "
+                            f"{state['best']['epoch']}), so it cannot finish: start a new run (--out)")
         trainer = Trainer(cfg, run, log, progress, state, callbacks, dist)
         if dist.is_main:
             record_changes(run.path, changed, state["epoch"])

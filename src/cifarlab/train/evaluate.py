@@ -58,8 +58,13 @@ def checkpoint_tta(ckpt: dict, tta: int | None = None) -> int:
     return validate_config(ckpt["config"]).train.tta if "config" in ckpt else 0
 
 
+def _shape(chw) -> str:
+    """3x32x32 images (channels first), as the checkpoint and the dataset state them."""
+    return "x".join(map(str, chw))
+
+
 def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", batch_size: int = 1000,
-                        device: str = "auto", tta: int | None = None) -> dict:
+                        device: str = "auto", tta: int | None = None, trust_code: bool = False) -> dict:
     """Evaluate a checkpoint on a dataset split: auto = the test split if the dataset has one, else all images;
     val = the validation split the checkpoint's run carved (same seed and size). `tta`: the TTA level
     (0, 1, 2); default: the level of the checkpoint's run, so eval reproduces the run's own numbers."""
@@ -69,7 +74,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     from cifarlab.data.loader import Split, split_rows
     from cifarlab.data.normalize import Normalize, to_unit
     from cifarlab.data.sources import load_dataset, read_rows
-    from cifarlab.errors import UserError
+    from cifarlab.errors import UserError, short
     from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
     from cifarlab.train.runtime import resolve_device
 
@@ -79,9 +84,14 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     spec = ckpt["model"]
     want = (spec["in_channels"], spec["image_size"], spec["image_size"])
     if raw.image_shape != want or raw.num_classes != spec["num_classes"]:
-        raise UserError(f"checkpoint '{checkpoint}' is for {spec['num_classes']} classes of {want[1]}x{want[2]} images, "
-                        f"but '{data_spec}' has {raw.num_classes} classes of {raw.image_shape[1]}x{raw.image_shape[2]}: "
+        raise UserError(f"checkpoint '{checkpoint}' is for {spec['num_classes']} classes of {_shape(want)} images, "
+                        f"but '{data_spec}' has {raw.num_classes} classes of {_shape(raw.image_shape)}: "
                         "evaluate on the dataset it was trained for")
+    if list(raw.classes) != list(ckpt["classes"]):  # same count, other names or order: every label would mean another class
+        differ = next(i for i, (a, b) in enumerate(zip(ckpt["classes"], raw.classes)) if a != b)
+        raise UserError(f"checkpoint '{checkpoint}' was trained on other class names than '{data_spec}' has "
+                        f"(class {differ}: {short(ckpt['classes'][differ], 40)} against {short(raw.classes[differ], 40)}): "
+                        "evaluate on the dataset it was trained for, or name the folders as its classes")
     if split == "auto":
         split = "test" if raw.test_x is not None else "all"
     if split == "test":
@@ -89,12 +99,15 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
             raise UserError(f"dataset '{data_spec}' has no test split: use --split all, val or train")
         x, y = read_rows(raw.test_x), np.array(raw.test_y)
     elif split in ("val", "train"):  # the rows the checkpoint's run selected or trained on
+        if "config" not in ckpt:
+            raise UserError(f"checkpoint '{checkpoint}' holds no run config, so the {split} split its run carved "
+                            "cannot be rebuilt: use --split all or test")
         x, y = split_rows(raw, validate_config(ckpt["config"]).data, split)
     elif split == "all":
         x, y = read_rows(raw.train_x), np.array(raw.train_y)
     else:
         raise UserError(f"unknown split '{split}': use auto, test, val, train or all")
-    model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'").to(dev)
+    model = model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'", trust_code).to(dev)
     normalize = Normalize.of_checkpoint(ckpt).to(dev)
     data = Split(torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
     batches = ((normalize(to_unit(data.x[i:i + batch_size])), data.y[i:i + batch_size])

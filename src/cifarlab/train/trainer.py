@@ -20,7 +20,7 @@ from cifarlab.config import ExperimentConfig
 from cifarlab.data.augment import progressive_size
 from cifarlab.data.loader import PreparedData
 from cifarlab.data.mix import BatchMix
-from cifarlab.errors import TrainingDiverged, UserError, WriteFailed
+from cifarlab.errors import TrainingDiverged, UserError, WriteFailed, short
 from cifarlab.fileio import atomic_write_text
 from cifarlab.models import build_model, count_parameters
 from cifarlab.train.callbacks import CallbackLike, as_callbacks
@@ -364,11 +364,15 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         load_weights(self.model, state["state_dict"], str(self.run.last))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        parts = [("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)]
         if self.ema and "ema" in state:  # a run that turns EMA on when extended starts its average there
-            self.ema.load_state_dict(state["ema"])
+            parts.append(("ema", self.ema))
+        for field, part in parts:
+            try:
+                part.load_state_dict(state[field])
+            except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as err:
+                raise UserError(f"'{self.run.last}' is damaged: its {field} state does not fit this run "
+                                f"({short(err, 100, plain=True)}): resume another run or start a new one (--out)") from None
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.best, self.train_seconds = dict(state["best"]), state["train_seconds"]
 

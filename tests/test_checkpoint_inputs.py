@@ -1,0 +1,174 @@
+"""Checkpoints and run directories a user was handed, or that were damaged: a model named by
+`module:callable` inside a checkpoint is never imported without --trust-code; odd fields, a lost best.pt,
+a damaged optimizer state, classes named otherwise, a finished run resumed without more epochs: each one
+line, exit 2, before anything is written."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import cifarlab
+from cifarlab.config import load_config
+from cifarlab.errors import UserError
+from conftest import assert_user_error, tiny_overrides, write_image_folder
+
+QUIET = lambda _l: None  # noqa: E731
+
+
+def digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from cifarlab.train.entry import train
+    out = tmp_path_factory.mktemp("runs") / "r1"
+    train(load_config(overrides=tiny_overrides(**{"train.epochs": 1})), out, log=QUIET)
+    return out
+
+
+def edited(run_dir: Path, dest: Path, edit, name: str = "best.pt") -> Path:
+    ckpt = torch.load(run_dir / name, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- code named by a checkpoint
+
+HOSTILE = [("os:system", {"command": "touch {marker}"}), ("subprocess:call", {"args": ["touch", "{marker}"]}),
+           ("builtins:exec", {"source": "open('{marker}', 'w')"}), ("shutil:rmtree", {"path": "{marker}"})]
+
+
+@pytest.mark.parametrize("name,options", HOSTILE)
+def test_a_checkpoint_never_runs_code_it_names(cli, run_dir, tmp_path, name, options):
+    marker = tmp_path / "PWNED"
+
+    def plant(c):
+        c["model"]["name"] = name
+        c["model"]["options"] = {k: (v.format(marker=marker) if isinstance(v, str) else [s.format(marker=marker) for s in v])
+                                 for k, v in options.items()}
+    bad = edited(run_dir, tmp_path / "evil.pt", plant)
+    image = tmp_path / "x.png"
+    write_image_folder(tmp_path / "imgs", classes=("a",), per_class=1)
+    shutil.copy(next((tmp_path / "imgs" / "a").iterdir()), image)
+    for args in (("eval", "--checkpoint", bad, "--data", "sample", "--split", "all"),
+                 ("predict", image, "--checkpoint", bad),
+                 ("export", "--checkpoint", bad, "--format", "torchscript", "-o", tmp_path / "m.pt2"),
+                 ("summary", "--checkpoint", bad)):
+        assert_user_error(cli(*args), ["not in cifarlab's zoo", "--trust-code"])
+        assert not marker.exists(), args
+    with pytest.raises(UserError, match="trust_code=True"):
+        cifarlab.evaluate(bad, data="sample", split="all")
+    assert not marker.exists()
+
+
+def test_trust_code_lets_your_own_model_back_in(cli, tmp_path, monkeypatch):
+    (tmp_path / "mynets_ckpt.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes, in_channels=3, image_size=32, hidden=8):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden), nn.ReLU(),\n"
+        "                         nn.Linear(hidden, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = cifarlab.train(config={"model": {"name": "mynets_ckpt:net"}}, overrides=tiny_overrides(**{"train.epochs": 1}),
+                       out=tmp_path / "run", report=False, log=None)
+    assert_user_error(cli("eval", "--checkpoint", r.run_dir, "--data", "sample", "--split", "val"), "--trust-code")
+    code, out, _ = cli("eval", "--checkpoint", r.run_dir, "--data", "sample", "--split", "val", "--trust-code")
+    assert code == 0 and "accuracy" in out
+    code, out, _ = cli("summary", "--checkpoint", r.run_dir, "--trust-code")
+    assert code == 0 and "mynets_ckpt:net" in out
+    assert cifarlab.evaluate(r, data="sample", split="val", trust_code=True)["images"] == 100
+
+
+# ---------------------------------------------------------------- fields evaluation relies on
+
+@pytest.mark.parametrize("norm", [{}, {"mean": [0.5, 0.5], "std": [1.0, 1.0]}, {"mean": "abc", "std": [1, 1, 1]},
+                                  {"mean": [0.5] * 3, "std": [0, 0, 0]}, {"mean": [float("nan")] * 3, "std": [1] * 3},
+                                  {"mean": [True] * 3, "std": [1] * 3}, {"mean": [0.5] * 3, "std": [1, -1, 1]},
+                                  {"mean": [0.5] * 3}])
+def test_a_damaged_normalisation_is_one_line(cli, run_dir, tmp_path, norm):
+    bad = edited(run_dir, tmp_path / "bad.pt", lambda c: c.update(normalization=norm))
+    assert_user_error(cli("eval", "--checkpoint", bad, "--data", "sample", "--split", "all"), ["damaged", "normalization"])
+    assert_user_error(cli("export", "--checkpoint", bad, "--format", "torchscript", "-o", tmp_path / "m.pt2"), "normalization")
+    assert not (tmp_path / "m.pt2").exists()
+
+
+def test_a_checkpoint_without_its_run_config(cli, run_dir, tmp_path):
+    bad = edited(run_dir, tmp_path / "noconfig.pt", lambda c: c.pop("config"))
+    for split in ("val", "train"):
+        assert_user_error(cli("eval", "--checkpoint", bad, "--data", "sample", "--split", split), ["no run config", "--split all"])
+    code, out, _ = cli("eval", "--checkpoint", bad, "--data", "sample", "--split", "all")
+    assert code == 0 and "4000 images" in out
+    odd = edited(run_dir, tmp_path / "oddconfig.pt", lambda c: c.update(config=["a"]))
+    assert_user_error(cli("eval", "--checkpoint", odd, "--data", "sample"), ["damaged", "config"])
+
+
+def test_eval_refuses_classes_named_otherwise(cli, tmp_path):
+    from cifarlab.train.entry import train
+    good = write_image_folder(tmp_path / "good", classes=("a", "b", "c"), per_class=12)
+    train(load_config(overrides=tiny_overrides(omit=("data.train_limit",), **{"data.dataset": f"folder:{good}",
+                                                  "data.val_size": 6, "train.epochs": 1})), tmp_path / "g", log=QUIET)
+    for names in (("x", "y", "z"), ("a", "b", "d"), ("A", "b", "c")):
+        other = write_image_folder(tmp_path / "-".join(names), classes=names, per_class=4)
+        assert_user_error(cli("eval", "--checkpoint", tmp_path / "g", "--data", f"folder:{other}"), "class names")
+    same = write_image_folder(tmp_path / "same", classes=("a", "b", "c"), per_class=4)
+    code, out, _ = cli("eval", "--checkpoint", tmp_path / "g", "--data", f"folder:{same}")
+    assert code == 0 and "12 images" in out
+
+
+def test_eval_names_the_channels_that_differ(cli, run_dir, tmp_path):
+    def gray(c):
+        c["model"].update(in_channels=1)
+        c.update(normalization={"mean": [0.5], "std": [0.5]})
+    bad = edited(run_dir, tmp_path / "gray.pt", gray)
+    assert_user_error(cli("eval", "--checkpoint", bad, "--data", "sample"), ["1x32x32", "3x32x32"])
+
+
+def test_predict_says_a_folder_is_not_an_image(cli, run_dir, tmp_path):
+    assert_user_error(cli("predict", tmp_path, "--checkpoint", run_dir), ["is a folder", "image files"])
+
+
+def test_the_python_eval_uses_the_runs_tta_level_by_default(run_dir):
+    level = load_config(overrides=tiny_overrides()).train.tta
+    assert cifarlab.evaluate(run_dir, data="sample", split="val")["tta_level"] == level
+    assert cifarlab.evaluate(run_dir, data="sample", split="val", tta=2)["tta_level"] == 2
+    assert cifarlab.evaluate(run_dir, data="sample", split="val", tta=False)["tta_level"] == 0
+
+
+# ---------------------------------------------------------------- resume
+
+@pytest.fixture
+def resumable(run_dir, tmp_path) -> Path:
+    out = tmp_path / "r"
+    shutil.copytree(run_dir, out)
+    (out / "summary.json").unlink()  # as if killed after the epoch, before the summary
+    return out
+
+
+@pytest.mark.parametrize("field,value", [("optimizer", {}), ("optimizer", {"state": {}, "param_groups": [{"lr": 1}]}),
+                                         ("scheduler", {"_last_lr": "x", "lr_lambdas": 5}), ("scheduler", {})])
+def test_resume_with_a_damaged_state_is_one_line(cli, resumable, field, value):
+    edited(resumable, resumable / "last.pt", lambda c: c.update({field: value}), "last.pt")
+    before = digest(resumable)
+    assert_user_error(cli("train", "--resume", resumable, "--epochs", "2"), "damaged")
+    assert digest(resumable) == before
+
+
+def test_resume_without_best_pt_stops_before_training(cli, resumable):
+    (resumable / "best.pt").unlink()
+    before = digest(resumable)
+    assert_user_error(cli("train", "--resume", resumable, "--epochs", "2"), ["lost its best.pt", "--out"])
+    assert digest(resumable) == before
+
+
+@pytest.mark.parametrize("flags", [("--threads", "2"), ("--set", "train.time_limit_minutes=5"), ()])
+def test_a_finished_run_resumes_only_with_more_epochs(cli, run_dir, tmp_path, flags):
+    out = tmp_path / "done"
+    shutil.copytree(run_dir, out)
+    before = digest(out)
+    assert_user_error(cli("train", "--resume", out, *flags), "already finished")
+    assert digest(out) == before
