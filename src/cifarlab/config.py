@@ -258,6 +258,32 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _section(dotted: str) -> type[BaseModel] | None:
+    """The section (a model class) that the config key `dotted` holds, or None where it holds a value."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in dotted.split("."):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+    return model
+
+
+def not_a_mapping(dotted: str, value: Any) -> str:
+    """The one-line message for a section (or model.options) that holds something other than a mapping."""
+    leaf = dotted.rsplit(".", 1)[-1]
+    section = _section(dotted)
+    if section is not None:
+        keys = list(section.model_fields)
+        what = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
+        return (f"config key '{dotted}' must be a section, a mapping of its keys ({what}), got {short(value)}: "
+                f"write those keys as indented 'key: value' lines under '{leaf}:' (the recipe files show the layout)")
+    return (f"config key '{dotted}' must be a mapping of 'key: value' pairs, got {short(value)}: write them as "
+            f"indented lines under '{leaf}:' or as {{key: value, ...}}")
+
+
 def _explain(err: ValidationError) -> str:
     e = err.errors()[0]
     where = ".".join(str(p) for p in e["loc"])
@@ -265,6 +291,13 @@ def _explain(err: ValidationError) -> str:
         close = difflib.get_close_matches(where, _known_keys(ExperimentConfig), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else " (see `cifarlab train --help` for the keys)"
         return f"unknown config key '{where}'{hint}"
+    if e["type"] in ("model_type", "dict_type", "model_attributes_type") and where:
+        return not_a_mapping(where[:120], e.get("input"))
+    if e["type"] == "missing" and where:
+        above = where.rsplit(".", 1)[0] if "." in where else ""
+        given = f" when '{above}' is given" if above else ""
+        return (f"config key '{where[:120]}': Field required{given}: add it (in the config file, or "
+                f"--set {where[:120]}=VALUE)")
     got = e.get("input")
     msg = e["msg"].removeprefix("Value error, ")
     said = isinstance(got, str) and repr(got) in msg  # e.g. "unknown optimizer 'adm'": once is enough
@@ -290,7 +323,7 @@ def list_recipes() -> dict[str, dict]:
     out = {}
     for f in sorted(recipe_dir().iterdir(), key=lambda p: p.name):
         if f.name.endswith(".yaml"):
-            out[f.name[:-5]] = yaml.safe_load(f.read_text()) or {}
+            out[f.name[:-5]] = _read_yaml(f.read_text(), f"recipe '{f.name[:-5]}'")
     return out
 
 
@@ -302,8 +335,20 @@ class YAMLTooComplex(yaml.YAMLError):
     pass
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping that gives one key twice (YAML would silently keep the last)."""
+
+    def __init__(self, key: str, first_line: int, line: int):
+        super().__init__(f"the key '{key}' twice")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses more than MAX_YAML_ALIASES alias uses: nested aliases expand exponentially."""
+    """SafeLoader that refuses more than MAX_YAML_ALIASES alias uses (nested aliases expand exponentially)
+    and any mapping that gives a key twice (plain PyYAML keeps the last one without a word)."""
 
     def __init__(self, stream):
         super().__init__(stream)
@@ -316,10 +361,46 @@ class _BoundedLoader(yaml.SafeLoader):
                 raise YAMLTooComplex(f"more than {MAX_YAML_ALIASES} aliases (*name)")
         return super().compose_node(parent, index)
 
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        self._refuse_duplicate_keys(node)
+        return self.construct_document(node)
+
+    def _refuse_duplicate_keys(self, root) -> None:
+        """Walk the composed document (each node once: aliases share nodes) and raise DuplicateKey, with the
+        dotted path of the key, where a mapping gives one key twice. Merge keys (<<: *base) are not duplicates:
+        their keys are defaults that the mapping's own keys override."""
+        stack, done = [(root, "")], set()
+        while stack:
+            node, path = stack.pop()
+            if id(node) in done:
+                continue
+            done.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack += [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            elif isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, value_node in node.value:
+                    if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                        stack.append((value_node, path))
+                        continue
+                    key = self.construct_object(key_node)
+                    dotted, line = (f"{path}.{key}" if path else str(key)), key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise DuplicateKey(dotted, seen[key], line)
+                        seen[key] = line
+                    except TypeError:  # unhashable: the constructor refuses it in its own words
+                        pass
+                    stack.append((value_node, dotted))
+
 
 def load_yaml(text: str, where: str) -> Any:
     """The one YAML parser of user files (configs, study files, a run's config.yaml, --set values):
-    safe (no Python objects), at most 1 MiB, and at most a few aliases. Errors are one line naming `where`."""
+    safe (no Python objects), at most 1 MiB, at most a few aliases, and no key given twice in a mapping.
+    Errors are one line naming `where`."""
     if len(text) > MAX_YAML_BYTES:
         raise UserError(f"{where} is {len(text) / 2**20:.1f} MiB of YAML, more than any config needs "
                         f"(limit {MAX_YAML_BYTES // 2**20} MiB): check the file")
@@ -327,6 +408,11 @@ def load_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader)
     except YAMLTooComplex as err:
         raise UserError(f"{where} uses {err}, which can expand without bound: write the values out") from None
+    except DuplicateKey as err:
+        lines = (f"on line {err.line}" if err.first_line == err.line else
+                 f"on lines {err.first_line} and {err.line}")
+        raise UserError(f"{where} gives the key '{short(err.key, 120, plain=True)}' twice ({lines}); YAML would "
+                        "silently keep the last: keep one of them") from None
     except RecursionError:
         raise UserError(f"{where} is nested too deeply: check the file") from None
 
@@ -334,6 +420,9 @@ def load_yaml(text: str, where: str) -> Any:
 def _read_yaml(text: str, where: str) -> dict:
     try:
         raw = load_yaml(text, where)
+    except yaml.reader.ReaderError:
+        raise UserError(f"{where} holds characters that YAML does not allow (binary data?): give a YAML text "
+                        "file") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
@@ -372,12 +461,20 @@ def load_raw(recipe: str | None = None, config_file: str | Path | None = None) -
         raise UserError("give either --recipe or --config, not both")
     if config_file:
         p = Path(config_file)
-        if not p.is_file():
+        if p.is_dir():
+            raise UserError(f"config file '{p}' is a folder: give a YAML file (e.g. {p / 'config.yaml'})")
+        if not p.exists():
             raise UserError(f"config file '{p}' does not exist: check the path")
+        if not p.is_file():  # a FIFO, device or socket: reading it could block or never end
+            raise UserError(f"config file '{p}' is not a regular file (a pipe, device or socket): give a YAML file")
         try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"cannot read config file '{p}': {err}") from None
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(f"cannot read config file '{p}': it is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                            f"at position {err.start}): give a YAML text file") from None
+        except OSError as err:
+            raise UserError(f"cannot read config file '{p}' ({err.strerror or err}): check the file and its "
+                            "permissions") from None
         return _resolve_extends(_read_yaml(text, f"config file '{p}'"))
     if recipe:
         return _raw_recipe(recipe)
@@ -394,17 +491,77 @@ def get_key(raw: dict, dotted: str) -> Any:
     return node
 
 
-def set_key(raw: dict, dotted: str, value: Any) -> None:
-    """Set `a.b.c` in a nested mapping, creating sections on the way."""
+def set_key(raw: dict, dotted: str, value: Any, merge: bool = False) -> None:
+    """Set `a.b.c` in a nested mapping, creating sections on the way (also where one is null).
+    `merge`: a mapping set on a mapping (`--set train={epochs: 2}`) sets each of its keys there, never
+    dropping the keys it does not name (the recipe's, or those another override or flag set); without it
+    (a study's `set:`, whose recorded trials were made so) the mapping replaces the old one."""
     parts = dotted.split(".")
     if not all(parts):
         raise UserError(f"'{dotted}' is not a config key: use dotted names such as train.epochs")
     node = raw
-    for p in parts[:-1]:
-        if not isinstance(node.get(p, {}), dict):
-            raise UserError(f"config key '{dotted}': '{p}' is a value, not a section")
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+    for i, p in enumerate(parts[:-1]):
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            above = ".".join(parts[: i + 1])
+            if _section(above) is not None or above == "model.options":
+                raise UserError(not_a_mapping(above, child))
+            raise UserError(f"config key '{short(dotted, 120, plain=True)}': '{above}' is a value "
+                            f"({short(child)}), not a section: check the key name")
+        node = child
+    last = parts[-1]
+    if merge and isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = _deep_merge(node[last], value)
+    else:
+        node[last] = value
+
+
+def _leaves(key: str, value: Any):
+    """(dotted key, value) of each value a (possibly nested-mapping) override sets."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(f"{key}.{k}", v)
+    else:
+        yield key, value
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _refuse_conflicts(overrides: dict[str, Any]) -> None:
+    """Two overrides that set one key to different values (`train.epochs=1` from --epochs, and
+    `--set train={epochs: 2}`): refused, naming both, rather than one silently winning."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for key, value in overrides.items():
+        for leaf, v in _leaves(key, value):
+            if leaf in seen and seen[leaf][0] != key and not _same(seen[leaf][1], v):
+                k0, v0 = seen[leaf]
+                raise UserError(f"config key '{short(leaf, 120, plain=True)}' is given two values: "
+                                f"{short(k0, 80, plain=True)}={short(overrides[k0])} and {short(key, 80, plain=True)}"
+                                f"={short(value)} (a flag such as --epochs sets its config key as --set does): keep one of them")
+            seen.setdefault(leaf, (key, v))
+
+
+def combine_overrides(flags: dict[str, Any], assignments: list[str],
+                      flag_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The overrides of a command line: `flags` ({dotted key: value}, None = not given) and the --set
+    `assignments` (KEY=VALUE texts), later --set winning over earlier ones. A --set that gives a flag's key
+    another value is refused, naming both (`flag_names`: dotted key -> the flag, e.g. train.epochs -> --epochs)."""
+    out = {k: v for k, v in flags.items() if v is not None}
+    for text in assignments:
+        key, value = parse_assignment(text)
+        for leaf, v in _leaves(key, value):
+            if leaf in flags and flags[leaf] is not None and not _same(flags[leaf], v):
+                name, given = (flag_names or {}).get(leaf), short(flags[leaf], plain=True)
+                flag = f"{name} {given}" if name else f"the flag setting {leaf} to {given}"
+                raise UserError(f"{flag} and --set {short(text, 80, plain=True)} give {leaf} two values: "
+                                "keep one of them")
+        out.pop(key, None)  # a repeated --set: the last one counts, in its command-line place
+        out[key] = value
+    return out
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -424,9 +581,12 @@ def load_config(recipe: str | None = None, config_file: str | Path | None = None
     raw = load_raw(recipe, config_file)
     raw.setdefault("name", recipe or (Path(config_file).stem if config_file else "run"))
     overrides = dict(overrides or {})
-    if "model.name" in overrides and overrides["model.name"] != (raw.get("model") or {}).get("name"):
+    _refuse_conflicts(overrides)
+    new_model = dict(leaf for key, value in overrides.items() for leaf in _leaves(key, value)).get("model.name")
+    model = raw.get("model")
+    if new_model is not None and isinstance(model, dict) and new_model != model.get("name"):
         # The recipe's options belong to the recipe's model; another model would reject them.
-        raw.setdefault("model", {})["options"] = {}
+        model["options"] = {}
     for key, value in overrides.items():
-        set_key(raw, key, value)
+        set_key(raw, key, value, merge=True)  # `--set train={...}` sets those keys: flags such as --epochs stay
     return validate_config(raw)

@@ -152,6 +152,9 @@ def parse_spec(spec: str) -> tuple[DatasetKind, Path | None]:
     """`KIND[:PATH]` -> the registered kind and its PATH (None: the kind's default source)."""
     name, _, rest = spec.partition(":")
     kind = DATASETS.get(name.strip().lower())
+    if kind.path == "none" and rest.strip():
+        raise UserError(f"dataset '{kind.name}' takes no path, got '{spec}': give just '{kind.name}' "
+                        "(for images of your own: folder:PATH)")
     if kind.path == "none" or not rest:
         if kind.default is None:
             raise UserError(f"dataset '{kind.name}' needs a path: give {kind.name}:PATH")
