@@ -7,6 +7,7 @@ images). A section whose source is missing says so instead of failing the whole 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 from pathlib import Path
@@ -210,10 +211,27 @@ def run_report(run: Run, data=None) -> Report:
                   f"cifarlab run report, {run.status}", sections)
 
 
+@contextlib.contextmanager
+def _no_empty_folder_on_failure(out: str | Path | None):
+    """A report that fails (a damaged run, a bad path) leaves no empty output folder behind: the caller may
+    have created `out` just before (the CLI checks and creates it first). A folder that held anything when
+    the report began, or holds anything now, stays as it is."""
+    folder = Path(out) if out is not None else None
+    was_empty = folder is not None and folder.is_dir() and not any(folder.iterdir())
+    try:
+        yield
+    except BaseException:
+        if was_empty and folder.is_dir() and not any(folder.iterdir()):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def build_run_report(run_dir: str | Path, out: str | Path | None = None, data=None) -> Path:
     """Write RUN_DIR/report.html and report.md (or into `out`); returns the HTML path."""
-    run = load_run(run_dir)
-    return write_report(run_report(run, data), Path(out) if out else run.path)
+    with _no_empty_folder_on_failure(out):
+        run = load_run(run_dir)
+        return write_report(run_report(run, data), Path(out) if out else run.path)
 
 
 # ------------------------------------------------------------------ several runs
@@ -264,4 +282,5 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
 
 
 def build_comparison_report(paths: list[str | Path], out: str | Path) -> Path:
-    return write_report(comparison_report(collect_runs(paths)), Path(out))
+    with _no_empty_folder_on_failure(out):
+        return write_report(comparison_report(collect_runs(paths)), Path(out))

@@ -12,8 +12,11 @@
       optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}
       train.batch_size: [32, 64, 128]
 
-Everything is validated before any training starts: every value of a list and both ends of a
-range are set on the base and checked against the config schema (and the model's options).
+Everything is validated before any training starts: every value of a list, and both ends of a range and a
+value drawn from inside it (as Optuna gives them: floats for uniform, ints for int), are set on the base and
+checked against the config schema (and the model's options); the schema's types also refuse a range over a
+true/false key, a float range over a whole-number key, true among numbers. A step must be finite, positive,
+whole for int ranges and no larger than the range.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import itertools
 import json
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,8 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cifarlab.config import _read_yaml, load_raw, set_key, validate_config
-from cifarlab.errors import UserError
+from cifarlab.config import ExperimentConfig, _read_yaml, load_raw, set_key, validate_config
+from cifarlab.errors import UserError, short
 from cifarlab.studies.methods import SweepMethod, get_method, method_names
 from cifarlab.studies.pruners import NO_PRUNING, pruner_factory
 
@@ -191,18 +196,142 @@ def _parse_param(key: str, spec: Any, where: str) -> Param:
             raise UserError(f"{where}: space key '{key}': {kind} needs a positive low end, got {rng[0]}")
         if kind.endswith("int") and not all(float(v).is_integer() for v in rng):
             raise UserError(f"{where}: space key '{key}': {kind} needs whole numbers, got {rng}")
+        low, high = rng
+        if not math.isfinite(high - low):
+            raise UserError(f"{where}: space key '{key}': {kind} [{low}, {high}] spans more than a float can hold: "
+                            "narrow the range")
         step = spec.get("step")
-        if step is not None and (not isinstance(step, (int, float)) or step <= 0 or kind.startswith("log")):
-            raise UserError(f"{where}: space key '{key}': step must be a positive number (not with log ranges)")
-        return Param(key, kind, low=rng[0], high=rng[1], step=step)
+        if step is not None:
+            _check_step(key, kind, step, low, high, where)
+        return Param(key, kind, low=low, high=high, step=step)
     raise UserError(f"{where}: space key '{key}' must be a list of values or a range such as "
                     f"{{log_uniform: [1.0e-4, 1.0e-1]}}, got {spec!r}")
 
 
-def _check(base: dict, values: dict[str, Any], where: str) -> None:
+MAX_STEPS = 10**12  # Optuna counts a float range's steps in 28-digit decimals; no search needs more than this
+
+
+def _check_step(key: str, kind: str, step: Any, low: float, high: float, where: str) -> None:
+    """A range's step: a finite positive number, whole for int ranges, no larger than the range, and not so
+    small that the range holds more than MAX_STEPS of them (Optuna's decimal arithmetic fails there)."""
+    about = f"{where}: space key '{key}': step"
+    if kind.startswith("log"):
+        raise UserError(f"{about} does not go with {kind} (log ranges have no step): drop it, or use "
+                        f"{kind.removeprefix('log_')} with a step")
+    if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step) or step <= 0:
+        raise UserError(f"{about} must be a finite positive number, got {short(step)}")
+    if kind == "int" and not float(step).is_integer():
+        raise UserError(f"{about} must be a whole number for an int range, got {step}: use e.g. step: 1")
+    if step > high - low:
+        raise UserError(f"{about} {step} is larger than the range [{low}, {high}]: give a step of at most {high - low:g}")
+    if (high - low) / step > MAX_STEPS:
+        raise UserError(f"{about} {step} cuts [{low}, {high}] into more than {MAX_STEPS:.0e} steps: give a larger step")
+
+
+def _schema_types(key: str) -> set | None:
+    """The Python types the config schema accepts at dotted `key` (bool, int, float, str, ...); None where the
+    schema does not say (a model option, an unknown key: those are left to validation by value)."""
+    node, found = ExperimentConfig, None
+    for part in key.split("."):
+        fields = getattr(node, "model_fields", None) if isinstance(node, type) else None
+        if not fields or part not in fields:
+            return None
+        found = _leaf_types(fields[part].annotation)
+        node = next((t for t in found if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return found
+
+
+def _leaf_types(annotation: Any) -> set:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*map(_leaf_types, args))
+    if origin is typing.Annotated:
+        return _leaf_types(args[0])
+    if origin is typing.Literal:
+        return {type(a) for a in args}
+    return {origin or annotation}
+
+
+def _check_kind(base: dict, p: Param, where: str) -> None:
+    """What the schema's types tell before any value is tried: a range over a true/false setting, a float range
+    over a whole-number setting (every trial would fail, or train with 24.0), a true/false among numbers."""
+    accepts = _schema_types(p.key)
+    if accepts is None:
+        return
+    numeric = bool(accepts & {int, float})
+    if p.kind != "choice" and bool in accepts and not numeric:
+        raise UserError(f"{where}: space key '{p.key}' is a true/false setting, which has no range: "
+                        "list the values instead, e.g. [true, false]")
+    if p.kind in ("uniform", "log_uniform") and int in accepts and float not in accepts:
+        raise UserError(f"{where}: space key '{p.key}' takes whole numbers, and {p.kind} draws floats: "
+                        f"use {_int_range(p)}")
+    for value in p.choices:
+        if isinstance(value, bool) and bool not in accepts and numeric:
+            raise UserError(f"{where}: space key '{p.key}' takes numbers, and {str(value).lower()} is not one: "
+                            "check its list of values")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and bool in accepts and not numeric:
+            raise UserError(f"{where}: space key '{p.key}' is a true/false setting, and {value} is not true or false: "
+                            "list true and/or false")
+
+
+def _int_range(p: Param) -> str:
+    """The int range to suggest in place of a float range over a whole-number key."""
+    low, high = math.ceil(p.low), math.floor(p.high)
+    step = f", step: {p.step:g}" if p.step and float(p.step).is_integer() else ""
+    text = f"{{{'log_int' if p.is_log else 'int'}: [{low}, {high}]{step}}}"
+    return text if low == p.low and high == p.high else f"whole ends, e.g. {text}"
+
+
+def _sample(p: Param) -> Any:
+    """A value inside the range of the kind Optuna's trials get (a float with a fraction for float ranges, an
+    int for int ranges), to validate besides the two ends: a range may be valid at its ends only."""
+    low, high = p.low, p.high
+    if p.kind in ("int", "log_int"):
+        step = int(p.step or 1)
+        return int(low) + step * ((int(high) - int(low)) // step // 2)
+    if p.step:
+        return float(low + p.step * ((high - low) // p.step // 2))
+    for fraction in (0.37, 0.5, 0.618034, 0.71):  # a value with a fraction, whatever the ends
+        value = math.exp(math.log(low) + fraction * (math.log(high) - math.log(low))) if p.is_log else \
+            low + fraction * (high - low)
+        if not float(value).is_integer():
+            return float(value)
+    return float(value)
+
+
+def _check_param(base: dict, p: Param, where: str) -> None:
+    """Validate a searched key against the base config: its schema type, then every value of a list, or the
+    ends of a range and one value drawn from inside it, as trials will get them."""
+    _check_kind(base, p, where)
+    if p.kind == "choice":
+        for value in p.choices:
+            _check(base, {p.key: value}, where)
+        return
+    ends = [int(p.low), int(p.high)] if p.kind.endswith("int") else [float(p.low), float(p.high)]  # as Optuna gives them
+    for value in ends + [_sample(p)]:
+        try:
+            _check(base, {p.key: value}, where, f" (a value {p.kind} [{p.low:g}, {p.high:g}] can draw)")
+        except UserError:
+            whole_ends = all(float(v).is_integer() for v in (p.low, p.high))
+            if isinstance(value, float) and whole_ends and _valid(base, {p.key: round(value)}):  # takes ints only
+                shown = f"{value:.1f}" if value.is_integer() else f"{value:g}"
+                raise UserError(f"{where}: space key '{p.key}' takes whole numbers, and {p.kind} draws floats "
+                                f"(such as {shown}): use {_int_range(p)}") from None
+            raise
+
+
+def _valid(base: dict, values: dict[str, Any]) -> bool:
+    try:
+        _check(base, values, "")
+    except UserError:
+        return False
+    return True
+
+
+def _check(base: dict, values: dict[str, Any], where: str, note: str = "") -> None:
     """Set the values on the base and validate the result as a config (and the model's options)."""
     raw = copy.deepcopy(base)
-    what = ", ".join(f"{k}={v!r}" for k, v in values.items())
+    what = ", ".join(f"{k}={v!r}" for k, v in values.items()) + note
     try:
         for key, value in values.items():
             set_key(raw, key, decode(value))
@@ -258,8 +387,7 @@ def build_study(raw: dict, where: str, folder: Path = Path("."), default_name: s
     for p in params:
         if p.kind == "choice" and len({json.dumps(v, sort_keys=True) for v in p.choices}) < len(p.choices):
             raise UserError(f"{where}: space key '{p.key}' lists a value twice")
-        for value in p.choices or (p.low, p.high):
-            _check(base, {p.key: int(value) if p.kind.endswith("int") else value}, where)
+        _check_param(base, p, where)
     study = Study(f.name or default_name, f.method, base, params, f.trials, f.repeats, f.seed, f.pruner, f.description,
                   f.trial_reports)
     method.check(study, where, lambda values: _check(base, values, where))
