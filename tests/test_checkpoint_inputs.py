@@ -172,3 +172,21 @@ def test_a_finished_run_resumes_only_with_more_epochs(cli, run_dir, tmp_path, fl
     before = digest(out)
     assert_user_error(cli("train", "--resume", out, *flags), "already finished")
     assert digest(out) == before
+
+
+def test_a_report_imports_a_runs_own_code_only_when_trusted(cli, tmp_path, monkeypatch):
+    """The end-of-run report of your own model has its model sections; `cifarlab report` of a run you
+    were handed says what to add instead of importing the code it names."""
+    (tmp_path / "mynets_report.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes, in_channels=3, image_size=32):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(),\n"
+        "                         nn.Linear(4 * (image_size - 2) ** 2, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = cifarlab.train(config={"model": {"name": "mynets_report:net"}}, overrides=tiny_overrides(**{"train.epochs": 1}),
+                       out=tmp_path / "run", report=True, log=None)
+    assert "First-layer filters" in r.report.read_text() and "--trust-code" not in r.report.read_text()
+    code, _, _ = cli("report", r.run_dir, "-o", tmp_path / "handed")
+    assert code == 0 and "add --trust-code" in (tmp_path / "handed" / "report.md").read_text()
+    code, _, _ = cli("report", r.run_dir, "-o", tmp_path / "trusted", "--trust-code")
+    assert code == 0 and "--trust-code" not in (tmp_path / "trusted" / "report.md").read_text()

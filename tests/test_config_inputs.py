@@ -219,7 +219,10 @@ def test_set_of_the_model_section_drops_the_old_models_options(train):
      "data.augment={'cutout': 4}", "data={'augment': {'cutout': 8}}"),
 ])
 def test_a_flag_and_a_set_of_its_section_that_disagree_are_refused(train, args, key, first, second):
-    refused(train("--recipe", "quickstart", *args), f"config key '{key}' is given two values: {first}", second,
+    # a flag against a --set: the command line names the flag; two --set: the loader names both assignments
+    message = (f"{args[0]} {args[1]} and --set" if not args[0].startswith("--set") else
+               f"config key '{key}' is given two values: {first}")
+    refused(train("--recipe", "quickstart", *args), message, f"give {key} two values" if args[0] != "--set" else second,
             "keep one of them")
 
 
@@ -319,3 +322,15 @@ def test_config_file_sections_wording(train, tmp_path):
     refused(train("--config", f), "config key 'train' must be a section", "got [1, 2]")
     f = write(tmp_path, "- a\n- b\n")
     refused(train("--config", f), "must hold a YAML mapping of sections")
+
+
+@pytest.mark.parametrize("flag,value,assignment", [
+    ("--epochs", "1", "train.epochs=2"), ("--lr", "0.1", "optimizer={lr: 0.2}"), ("--model", "mlp", "model.name=lenet5"),
+    ("--data", "sample", "data.dataset=cifar10"), ("--threads", "1", "train={threads: 2, epochs: 1}")])
+def test_a_flag_and_a_set_that_disagree_are_refused_on_the_command_line(cli, tmp_path, flag, value, assignment):
+    assert_user_error(cli("train", "--recipe", "quickstart", flag, value, "--set", assignment, "--out", tmp_path / "r"),
+                      [f"{flag} {value}", "two values", "keep one"])
+    assert not (tmp_path / "r").exists()
+    if flag != "--data":
+        assert_user_error(cli("find-batch-size", "--recipe", "quickstart", "--data", "sample", "--set",
+                              "data.dataset=folder:/nope"), ["--data sample", "two values"])

@@ -48,18 +48,20 @@ def train(
                                          "track.mlflow, else $MLFLOW_TRACKING_URI); needs cifarlab[mlflow]"),
 ):
     """Train a model: a recipe or config file, plus overrides."""
-    from cifarlab.config import load_config, parse_assignment
+    from cifarlab.config import combine_overrides, load_config
     from cifarlab.report.hooks import CompareWithReported, WriteReport
     from cifarlab.train.entry import resume as resume_run
     from cifarlab.train.entry import train as train_run
 
-    flags = {"model.name": model, "data.dataset": data, "train.epochs": epochs, "train.batch_size": batch_size,
-             "optimizer.lr": lr, "optimizer.name": optimizer, "schedule.name": schedule,
-             "optimizer.weight_decay": weight_decay, "train.seed": seed, "data.val_size": val_size,
-             "train.time_limit_minutes": time_limit, "train.precision": precision, "train.device": device,
-             "train.threads": threads}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    overrides.update(parse_assignment(s) for s in set_)
+    given = {("model.name", "--model"): model, ("data.dataset", "--data"): data, ("train.epochs", "--epochs"): epochs,
+             ("train.batch_size", "--batch-size"): batch_size, ("optimizer.lr", "--lr"): lr,
+             ("optimizer.name", "--optimizer"): optimizer, ("schedule.name", "--schedule"): schedule,
+             ("optimizer.weight_decay", "--weight-decay"): weight_decay, ("train.seed", "--seed"): seed,
+             ("data.val_size", "--val-size"): val_size, ("train.time_limit_minutes", "--time-limit"): time_limit,
+             ("train.precision", "--precision"): precision, ("train.device", "--device"): device,
+             ("train.threads", "--threads"): threads}
+    flags, names = {k: v for (k, _), v in given.items()}, dict(given.keys())
+    overrides = combine_overrides(flags, set_, names)  # a flag and a --set that disagree are refused, not overruled
     say = _say(as_json)
     show_bar = progress and sys.stderr.isatty()
     # every run the CLI trains writes report.html and report.md at its end, and a recipe that
@@ -136,13 +138,12 @@ def find_batch_size(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """The largest batch size whose training step fits in memory (doubling, then binary search)."""
-    from cifarlab.config import load_config, parse_assignment
+    from cifarlab.config import combine_overrides, load_config
     from cifarlab.studies.batchfind import find_batch_size as run_find
 
     if not recipe and not config:
         raise UserError("give --recipe NAME or --config FILE: the model and data to size the batch for")
-    overrides = {"data.dataset": data} if data else {}
-    overrides.update(parse_assignment(s) for s in set_)
+    overrides = combine_overrides({"data.dataset": data}, set_, {"data.dataset": "--data"})
     result = run_find(load_config(recipe, config, overrides), max_memory, start, log=_say(as_json))
     if as_json:
         emit_json(result)

@@ -16,6 +16,8 @@ def report(
     paths: List[Path] = typer.Argument(..., help="a run directory; or several runs / a study folder to compare"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write report.html and report.md "
                                        "(default: the run directory; for a comparison runs/compare-TIME)"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="a run whose model is package.module:callable: "
+                                    "import that code for the sections that need the model"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Build report.html (self-contained) and report.md for a run, or one comparison report for several."""
@@ -25,7 +27,7 @@ def report(
 
     if len(paths) == 1 and is_run_dir(paths[0]):
         check_output_dir(out or paths[0], owner=paths[0])  # its own run, or a folder that is no other run's
-        html = build_run_report(paths[0], out)
+        html = build_run_report(paths[0], out, trust_code=trust_code)
     else:
         html = build_comparison_report(paths, check_output_dir(out or default_run_dir("compare")))
     _say(as_json)(f"report: {html}")

@@ -187,14 +187,15 @@ def _timing(run: Run) -> Section:
     return Section("timing", "Timing", [Table(["", ""], rows)])
 
 
-def run_report(run: Run, data=None) -> Report:
-    """The sections of one run's report; `data` (a PreparedData) saves rebuilding the validation split."""
+def run_report(run: Run, data=None, trust_code: bool = False) -> Report:
+    """The sections of one run's report; `data` (a PreparedData) saves rebuilding the validation split;
+    `trust_code`: a model named `package.module:callable` may be imported (train.checkpoint)."""
     loaded: list = []
 
     def with_model(make):
         def go():
             if not loaded:
-                loaded.extend(load_model(run.path / "best.pt"))
+                loaded.extend(load_model(run.path / "best.pt", trust_code))
             return make(*loaded)
         return go
 
@@ -227,11 +228,11 @@ def _no_empty_folder_on_failure(out: str | Path | None):
         raise
 
 
-def build_run_report(run_dir: str | Path, out: str | Path | None = None, data=None) -> Path:
+def build_run_report(run_dir: str | Path, out: str | Path | None = None, data=None, trust_code: bool = False) -> Path:
     """Write RUN_DIR/report.html and report.md (or into `out`); returns the HTML path."""
     with _no_empty_folder_on_failure(out):
         run = load_run(run_dir)
-        return write_report(run_report(run, data), Path(out) if out else run.path)
+        return write_report(run_report(run, data, trust_code), Path(out) if out else run.path)
 
 
 # ------------------------------------------------------------------ several runs

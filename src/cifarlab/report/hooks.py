@@ -18,7 +18,8 @@ class WriteReport(Callback):
     def on_fit_end(self, trainer, summary: dict) -> None:
         from cifarlab.report import build
         try:
-            path = build.build_run_report(trainer.run.path, data=trainer.data)
+            # the run has just built its model from its own config: importing it again trusts nothing new
+            path = build.build_run_report(trainer.run.path, data=trainer.data, trust_code=True)
             trainer.log(f"report: {path}")
         except Exception as err:  # noqa: BLE001  (whatever it is, the run's results must stand)
             trainer.log(f"warning: the report could not be written ({type(err).__name__}: {str(err)[:200]}); "
