@@ -297,3 +297,30 @@ def test_a_member_too_large_for_an_image_is_refused_unread(tmp_path, monkeypatch
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 4000)
     spec = {"folder": src, "tar": tar_folder(src, tmp_path / "i.tar.gz"), "zip": zip_folder(src, tmp_path / "i.zip")}
     refused(f"folder:{spec[packed]}", "huge.png' is 0 MiB, too large for one image of a dataset")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: np.save(e / "train_y.npy", np.full(len(np.load(e / "train_y.npy")), 99)),
+    lambda e: np.save(e / "train_y.npy", -np.load(e / "train_y.npy") - 1),
+    lambda e: np.save(e / "train_y.npy", np.load(e / "train_y.npy").astype(np.float32)),
+    lambda e: np.save(e / "train_y.npy", np.load(e / "train_y.npy")[:-5]),
+    lambda e: np.save(e / "train_x.npy", np.load(e / "train_x.npy")[:, 0]),
+    lambda e: np.save(e / "train_x.npy", np.load(e / "train_x.npy").astype(np.float32)),
+    lambda e: np.save(e / "test_y.npy", np.zeros(3, np.int64)),
+    lambda e: (e / "meta.json").write_text('{"classes": "airplane", "source": "x"}'),
+    lambda e: (e / "meta.json").write_text('{"classes": [], "source": "x"}'),
+])
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path, monkeypatch, damage):
+    """A cache entry changed on disk after its decode (labels, shapes, dtypes, class list) is not trained on:
+    the images are decoded again and the entry is replaced, so the next load is whole again."""
+    monkeypatch.setenv("CIFARLAB_CACHE", str(tmp_path / "cache"))
+    good = load_dataset("sample")
+    expected = (np.array(good.train_x[:50]), np.array(good.train_y), list(good.classes))
+    entry = next((tmp_path / "cache" / "datasets").iterdir())
+    del good
+    damage(entry)
+    for _ in range(2):  # the repair, then a load from the repaired entry
+        again = load_dataset("sample")
+        assert (np.array_equal(again.train_x[:50], expected[0]) and np.array_equal(again.train_y, expected[1])
+                and again.classes == expected[2])
+    assert isinstance(again.train_x, np.memmap)  # from the cache again

@@ -143,9 +143,24 @@ def _load(entry: Path) -> RawDataset | None:
     try:
         meta = json.loads((entry / "meta.json").read_text())
         arr = {f.stem: np.load(f, mmap_mode="r", allow_pickle=False) for f in entry.glob("*.npy")}
-        return RawDataset(arr["train_x"], arr["train_y"], meta["classes"], arr.get("test_x"), arr.get("test_y"))
-    except (OSError, ValueError, KeyError):
+        ds = RawDataset(arr["train_x"], arr["train_y"], meta["classes"], arr.get("test_x"), arr.get("test_y"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing or damaged entry: decode again
+    return ds if _consistent(ds) else None
+
+
+def _consistent(ds: RawDataset) -> bool:
+    """A cache entry as a decode writes it: uint8 images (N, C, H, W), one label per image, each a class index.
+    A file changed on disk since (a bad sector, a hand edit) would otherwise fail mid-run, or train on it."""
+    if not (isinstance(ds.classes, list) and ds.classes and all(isinstance(c, str) for c in ds.classes)):
+        return False
+    splits = [(ds.train_x, ds.train_y)] + ([(ds.test_x, ds.test_y)] if ds.test_x is not None or ds.test_y is not None else [])
+    for x, y in splits:
+        if x is None or y is None or x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not len(y):
+            return False
+        if y.dtype.kind not in "iu" or int(y.min()) < 0 or int(y.max()) >= len(ds.classes):
+            return False
+    return ds.test_x is None or ds.test_x.shape[1:] == ds.train_x.shape[1:]
 
 
 def parse_spec(spec: str) -> tuple[DatasetKind, Path | None]:
@@ -176,6 +191,8 @@ def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
     entry = cache_dir() / "datasets" / key
     if use_cache and (ds := _load(entry)) is not None:
         return check_image_shape(ds, spec)
+    if use_cache and (entry / "meta.json").exists():  # a damaged entry: decode again, into its place
+        shutil.rmtree(entry, ignore_errors=True)
     staging = _Staging(entry if use_cache else None)
     try:
         return check_image_shape(staging.commit(kind.read(path, staging.array), spec), spec)
