@@ -268,7 +268,7 @@ def test_sample_alone_is_the_sample():
 
 def test_a_folder_given_as_the_config_file(train, tmp_path):
     (tmp_path / "cfgs").mkdir()
-    refused(train("--config", tmp_path / "cfgs"), "is a folder: give a YAML file")
+    refused(train("--config", tmp_path / "cfgs"), "is a folder: give the YAML file itself")
     refused(train("--config", tmp_path / "nope.yaml"), "does not exist: check the path")
 
 

@@ -155,3 +155,20 @@ def test_a_range_is_refused_in_one_line_or_every_trial_validates(space):
             from cifarlab.models import build_model
             build_model(cfg.model.name, **cfg.model.options)
         s.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d, "is a folder: give the YAML file itself"),
+    (lambda d: (d / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x94\xff") and d / "bin.yaml", "not UTF-8 text"),
+    (lambda d: d / "missing.yaml", "does not exist: give a path or a preset"),
+])
+def test_a_study_file_that_is_no_yaml_text_is_one_line(tmp_path, capsys, make, message):
+    target = make(_folder(tmp_path / "in"))
+    code = run(["sweep", "--config", str(target), "--out", str(tmp_path / "out")])
+    assert_user_error((code, capsys.readouterr().err), message)
+    assert not (tmp_path / "out").exists()
+
+
+def _folder(p: Path) -> Path:
+    p.mkdir()
+    return p

@@ -455,27 +455,30 @@ def _resolve_extends(raw: dict, seen: tuple = ()) -> dict:
     return _deep_merge(_raw_recipe(parent, seen), raw)
 
 
+def read_yaml_text(p: Path, what: str) -> str:
+    """The text of a YAML file a user named (`what`: "config file", "study file"); anything else is one line."""
+    if p.is_dir():
+        raise UserError(f"{what} '{p}' is a folder: give the YAML file itself (e.g. {p}/NAME.yaml)")
+    if not p.exists():
+        raise UserError(f"{what} '{p}' does not exist: check the path")
+    if not p.is_file():  # a FIFO, device or socket: reading it could block or never end
+        raise UserError(f"{what} '{p}' is not a regular file (a pipe, device or socket): give a YAML file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"cannot read {what} '{p}': it is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                        f"at position {err.start}): give a YAML text file") from None
+    except OSError as err:
+        raise UserError(f"cannot read {what} '{p}' ({err.strerror or err}): check the file and its permissions") from None
+
+
 def load_raw(recipe: str | None = None, config_file: str | Path | None = None) -> dict:
     """The raw (unvalidated) mapping of a recipe name or a YAML file, `extends` resolved."""
     if recipe and config_file:
         raise UserError("give either --recipe or --config, not both")
     if config_file:
         p = Path(config_file)
-        if p.is_dir():
-            raise UserError(f"config file '{p}' is a folder: give a YAML file (e.g. {p / 'config.yaml'})")
-        if not p.exists():
-            raise UserError(f"config file '{p}' does not exist: check the path")
-        if not p.is_file():  # a FIFO, device or socket: reading it could block or never end
-            raise UserError(f"config file '{p}' is not a regular file (a pipe, device or socket): give a YAML file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise UserError(f"cannot read config file '{p}': it is not UTF-8 text (byte {err.object[err.start]:#04x} "
-                            f"at position {err.start}): give a YAML text file") from None
-        except OSError as err:
-            raise UserError(f"cannot read config file '{p}' ({err.strerror or err}): check the file and its "
-                            "permissions") from None
-        return _resolve_extends(_read_yaml(text, f"config file '{p}'"))
+        return _resolve_extends(_read_yaml(read_yaml_text(p, "config file"), f"config file '{p}'"))
     if recipe:
         return _raw_recipe(recipe)
     return {}

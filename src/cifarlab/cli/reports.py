@@ -22,10 +22,11 @@ def report(
 ):
     """Build report.html (self-contained) and report.md for a run, or one comparison report for several."""
     from cifarlab.report.build import build_comparison_report, build_run_report
-    from cifarlab.report.runs import is_run_dir
+    from cifarlab.report.runs import is_run_dir, load_run
     from cifarlab.train.rundir import default_run_dir
 
     if len(paths) == 1 and is_run_dir(paths[0]):
+        load_run(paths[0])  # a damaged run is refused before any output folder is made
         check_output_dir(out or paths[0], owner=paths[0])  # its own run, or a folder that is no other run's
         html = build_run_report(paths[0], out, trust_code=trust_code)
     else:

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cifarlab.config import ExperimentConfig, _read_yaml, load_raw, set_key, validate_config
+from cifarlab.config import ExperimentConfig, _read_yaml, load_raw, read_yaml_text, set_key, validate_config
 from cifarlab.errors import UserError, short
 from cifarlab.studies.methods import SweepMethod, get_method, method_names
 from cifarlab.studies.pruners import NO_PRUNING, pruner_factory
@@ -403,14 +403,12 @@ def read_study_file(path: str, overrides: dict | None = None, **changes) -> Stud
     p = Path(path)
     if not p.is_file():
         preset = preset_dir() / f"{path}.yaml"
-        if not preset.is_file():
+        if preset.is_file():
+            p = Path(str(preset))
+        elif not p.exists():
             names = sorted(f.name[:-5] for f in preset_dir().iterdir() if f.name.endswith(".yaml"))
             raise UserError(f"study file '{path}' does not exist: give a path or a preset ({', '.join(names)})")
-        p = Path(str(preset))
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read study file '{p}': {err}") from None
+    text = read_yaml_text(p, "study file")
     return build_study(_read_yaml(text, f"study file '{p}'"), f"study file '{p}'", p.parent, p.stem,
                        overrides, **changes)
 
