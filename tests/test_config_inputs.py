@@ -334,3 +334,19 @@ def test_a_flag_and_a_set_that_disagree_are_refused_on_the_command_line(cli, tmp
     if flag != "--data":
         assert_user_error(cli("find-batch-size", "--recipe", "quickstart", "--data", "sample", "--set",
                               "data.dataset=folder:/nope"), ["--data sample", "two values"])
+
+
+def test_a_section_override_merges_on_every_path(tmp_path):
+    """`train={...}` as an override sets those keys and keeps the others, in the Python API, in a study's
+    command-line --set and on resume, as on `cifarlab train` (a study file's own `set:` still replaces)."""
+    import cifarlab
+    from cifarlab.studies.space import build_study
+    from cifarlab.train.resume_rules import apply_overrides
+    base = {"model": {"name": "mlp"}, "train": {"epochs": 2, "batch_size": 16}}
+    cfg = cifarlab.load_config(config=base, overrides={"train": {"epochs": 3}})
+    assert (cfg.train.epochs, cfg.train.batch_size) == (3, 16)
+    study = build_study({"base": base, "method": "grid", "space": {"optimizer.lr": [0.1, 0.2]}}, "study",
+                        overrides={"train": {"seed": 4}})
+    assert study.base["train"] == {"epochs": 2, "batch_size": 16, "seed": 4}
+    new, changed = apply_overrides(base, {"train": {"epochs": 5}}, epochs_done=2)
+    assert new.train.batch_size == 16 and list(changed) == ["train.epochs"]

@@ -75,7 +75,7 @@ def load_config(recipe: str | None = None, config: str | Path | Mapping | None =
         raw = c._resolve_extends(dict(config))
         raw.setdefault("name", "run")
         for key, value in (overrides or {}).items():
-            c.set_key(raw, key, value)
+            c.set_key(raw, key, value, merge=True)
         return c.validate_config(raw)
     return c.load_config(recipe, config, dict(overrides or {}))
 

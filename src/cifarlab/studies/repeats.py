@@ -35,7 +35,7 @@ def repeat(what: str, seeds: int, overrides: dict, out: Path | None = None, stor
         raise UserError("--seeds must be at least 2 to measure a spread")
     short, raw = _source(what)
     for key, value in overrides.items():
-        set_key(raw, key, value)
+        set_key(raw, key, value, merge=True)  # --set train={...}: those keys, the recipe's others stay
     first = (raw.get("train") or {}).get("seed", 0)
     name = "repeat-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", short)
     study = build_study({"name": name, "base": raw, "method": "grid", "space": {"train.seed": [

@@ -366,8 +366,10 @@ def build_study(raw: dict, where: str, folder: Path = Path("."), default_name: s
                             "trials, repeats, seed, pruner, space") from None
         raise UserError(f"{where}: study key '{loc}': {e['msg'].removeprefix('Value error, ')}") from None
     base = _resolve_base(f.base, folder)
-    for key, value in {**f.set, **(overrides or {})}.items():
+    for key, value in f.set.items():  # the file's own `set:` replaces, as its recorded trials were made
         set_key(base, key, value)
+    for key, value in (overrides or {}).items():  # the command line's --set merges, as for train
+        set_key(base, key, value, merge=True)
     base.setdefault("name", f.name or default_name)
     _check(base, {}, where)
     if not f.space:

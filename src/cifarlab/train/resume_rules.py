@@ -40,7 +40,7 @@ def apply_overrides(raw: dict, overrides: dict | None, epochs_done: int | None =
     old = validate_config(copy.deepcopy(raw))
     new_raw = copy.deepcopy(raw)
     for key, value in (overrides or {}).items():
-        set_key(new_raw, key, value)
+        set_key(new_raw, key, value, merge=True)
     new = validate_config(new_raw)
     before, after = _flat(old.to_dict()), _flat(new.to_dict())
     changed = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)}
