@@ -34,10 +34,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cifarlab.config import ExperimentConfig, _read_yaml, load_raw, read_yaml_text, set_key, validate_config
+from cifarlab.config import ExperimentConfig, load_raw, set_key, validate_config
 from cifarlab.errors import UserError, short
 from cifarlab.studies.methods import SweepMethod, get_method, method_names
 from cifarlab.studies.pruners import NO_PRUNING, pruner_factory
+from cifarlab.yamlfile import read_yaml_mapping, read_yaml_text
 
 RANGE_KINDS = ("uniform", "log_uniform", "int", "log_int")
 
@@ -411,7 +412,7 @@ def read_study_file(path: str, overrides: dict | None = None, **changes) -> Stud
             names = sorted(f.name[:-5] for f in preset_dir().iterdir() if f.name.endswith(".yaml"))
             raise UserError(f"study file '{path}' does not exist: give a path or a preset ({', '.join(names)})")
     text = read_yaml_text(p, "study file")
-    return build_study(_read_yaml(text, f"study file '{p}'"), f"study file '{p}'", p.parent, p.stem,
+    return build_study(read_yaml_mapping(text, f"study file '{p}'"), f"study file '{p}'", p.parent, p.stem,
                        overrides, **changes)
 
 
