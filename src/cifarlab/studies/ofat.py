@@ -13,7 +13,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from cifarlab.studies.methods import enqueue_missing
-from cifarlab.studies.space import Study, decode, encode
+from cifarlab.studies.params import decode, encode
+from cifarlab.studies.space import Study
 
 
 def best_of_step(s: optuna.Study, study: Study, step: int):

@@ -14,7 +14,8 @@ from optuna.trial import TrialState
 from cifarlab.config import validate_config
 from cifarlab.fileio import atomic_write_text
 from cifarlab.studies.optuna_adapter import retried_from
-from cifarlab.studies.space import Study, decode
+from cifarlab.studies.params import decode
+from cifarlab.studies.space import Study
 
 
 def collect(study: Study, s) -> list[dict]:
