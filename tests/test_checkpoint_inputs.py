@@ -67,15 +67,20 @@ def test_a_checkpoint_never_runs_code_it_names(cli, run_dir, tmp_path, name, opt
     assert not marker.exists()
 
 
-def test_trust_code_lets_your_own_model_back_in(cli, tmp_path, monkeypatch):
-    (tmp_path / "mynets_ckpt.py").write_text(
+def own_model_run(tmp_path, monkeypatch, module: str, report: bool):
+    """A one-epoch run of a user's own model, `module:net` (a conv, so the report has first-layer filters)."""
+    (tmp_path / f"{module}.py").write_text(
         "import torch.nn as nn\n"
-        "def net(num_classes, in_channels=3, image_size=32, hidden=8):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden), nn.ReLU(),\n"
-        "                         nn.Linear(hidden, num_classes))\n")
+        "def net(num_classes, in_channels=3, image_size=32):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(),\n"
+        "                         nn.Linear(4 * (image_size - 2) ** 2, num_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    r = cifarlab.train(config={"model": {"name": "mynets_ckpt:net"}}, overrides=tiny_overrides(**{"train.epochs": 1}),
-                       out=tmp_path / "run", report=False, log=None)
+    return cifarlab.train(config={"model": {"name": f"{module}:net"}}, overrides=tiny_overrides(**{"train.epochs": 1}),
+                          out=tmp_path / "run", report=report, log=None)
+
+
+def test_trust_code_lets_your_own_model_back_in(cli, tmp_path, monkeypatch):
+    r = own_model_run(tmp_path, monkeypatch, "mynets_ckpt", report=False)
     assert_user_error(cli("eval", "--checkpoint", r.run_dir, "--data", "sample", "--split", "val"), "--trust-code")
     code, out, _ = cli("eval", "--checkpoint", r.run_dir, "--data", "sample", "--split", "val", "--trust-code")
     assert code == 0 and "accuracy" in out
@@ -177,14 +182,7 @@ def test_a_finished_run_resumes_only_with_more_epochs(cli, run_dir, tmp_path, fl
 def test_a_report_imports_a_runs_own_code_only_when_trusted(cli, tmp_path, monkeypatch):
     """The end-of-run report of your own model has its model sections; `cifarlab report` of a run you
     were handed says what to add instead of importing the code it names."""
-    (tmp_path / "mynets_report.py").write_text(
-        "import torch.nn as nn\n"
-        "def net(num_classes, in_channels=3, image_size=32):\n"
-        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.Flatten(),\n"
-        "                         nn.Linear(4 * (image_size - 2) ** 2, num_classes))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    r = cifarlab.train(config={"model": {"name": "mynets_report:net"}}, overrides=tiny_overrides(**{"train.epochs": 1}),
-                       out=tmp_path / "run", report=True, log=None)
+    r = own_model_run(tmp_path, monkeypatch, "mynets_report", report=True)
     assert "First-layer filters" in r.report.read_text() and "--trust-code" not in r.report.read_text()
     code, _, _ = cli("report", r.run_dir, "-o", tmp_path / "handed")
     assert code == 0 and "add --trust-code" in (tmp_path / "handed" / "report.md").read_text()

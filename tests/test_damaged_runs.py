@@ -49,28 +49,25 @@ def write_run(path: Path, name: str = "good") -> Path:
     return path
 
 
-def _edit_yaml(key: str, value):
+def _edit(key: str, value, load, dump):
+    """An edit of one dotted key of a run's file, read with `load` and written back with `dump`."""
     def edit(path: Path):
-        cfg = yaml.safe_load(path.read_text())
-        node = cfg
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-        path.write_text(yaml.safe_dump(cfg))
-    return edit
-
-
-def _edit_json(key: str, value):
-    def edit(path: Path):
-        obj = json.loads(path.read_text())
+        obj = load(path.read_text())
         node = obj
         *parents, last = key.split(".")
         for part in parents:
             node = node[part]
         node[last] = value
-        path.write_text(json.dumps(obj))
+        path.write_text(dump(obj))
     return edit
+
+
+def _edit_yaml(key: str, value):
+    return _edit(key, value, yaml.safe_load, yaml.safe_dump)
+
+
+def _edit_json(key: str, value):
+    return _edit(key, value, json.loads, json.dumps)
 
 
 def _text(text: str):
