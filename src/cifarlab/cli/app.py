@@ -16,6 +16,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="Define, train, evaluate and compare image classifiers.")
 
 
+def trust_code_option(what: str = "a checkpoint whose model"):
+    """--trust-code, for each command that rebuilds a model a checkpoint or run names (train.checkpoint)."""
+    return typer.Option(False, "--trust-code", help=f"{what} is package.module:callable imports and runs that code: "
+                                                    "allow it (only for files from someone you trust)")
+
+
 def emit_json(obj: Any) -> None:
     """The last line on stdout: one JSON object (machine-readable result)."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")

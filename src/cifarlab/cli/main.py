@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from typer.exceptions import TyperException
 
-from cifarlab.cli.app import _say, app, emit_json  # noqa: F401  (one app shared by every command module)
+from cifarlab.cli.app import _say, app, emit_json, trust_code_option  # noqa: F401  (one app shared by every command module)
 from cifarlab.data.registry import spec_help
 from cifarlab.errors import CifarlabWarning, Interrupted, InterruptedExit, UserError, short
 
@@ -158,8 +158,7 @@ def evaluate(
     device: str = typer.Option("auto"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
                                       "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
-                                    "imports and runs that code: allow it (only for files from someone you trust)"),
+    trust_code: bool = trust_code_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy, macro F1, confusion matrix."""

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cifarlab.cli.app import _say, app, emit_json
+from cifarlab.cli.app import _say, app, emit_json, trust_code_option
 from cifarlab.errors import UserError
 from cifarlab.fileio import check_output_dir
 
@@ -16,8 +16,7 @@ def report(
     paths: List[Path] = typer.Argument(..., help="a run directory; or several runs / a study folder to compare"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write report.html and report.md "
                                        "(default: the run directory; for a comparison runs/compare-TIME)"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="a run whose model is package.module:callable: "
-                                    "import that code for the sections that need the model"),
+    trust_code: bool = trust_code_option("a run whose model"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Build report.html (self-contained) and report.md for a run, or one comparison report for several."""
@@ -85,8 +84,7 @@ def summary(
     in_channels: int = typer.Option(3, "--in-channels", min=1, max=64),
     image_size: int = typer.Option(32, "--image-size", min=1, max=1024),
     weights: bool = typer.Option(False, "--weights", help="also each parameter's shape, statistics and first values"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
-                                    "imports and runs that code: allow it (only for files from someone you trust)"),
+    trust_code: bool = trust_code_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """The layer table of a model (output shapes, parameters, multiply-adds) without training."""
@@ -135,8 +133,7 @@ def predict(
     top_k: int = typer.Option(3, "--top-k", min=1, max=100_000, help="how many classes to show per image"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
                                       "1 + mirror, 2 + mirror and 1-pixel shifts (default: the run's train.tta_level)"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
-                                    "imports and runs that code: allow it (only for files from someone you trust)"),
+    trust_code: bool = trust_code_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Classify image files with a trained checkpoint: the top-k classes with their probabilities."""
@@ -155,8 +152,7 @@ def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
     fmt: str = typer.Option(..., "--format", help="onnx | torchscript"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="the file to write (default: beside the checkpoint)"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="a checkpoint whose model is package.module:callable "
-                                    "imports and runs that code: allow it (only for files from someone you trust)"),
+    trust_code: bool = trust_code_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Export a checkpoint to ONNX or TorchScript, then check it gives PyTorch's outputs."""
