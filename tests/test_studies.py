@@ -2,6 +2,7 @@
 statistics, the LR range test. Every trial is 1-2 epochs on a few hundred bundled images."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from scipy import stats as st
 
 from cifarlab.cli.main import run
 from cifarlab.config import load_config
+from cifarlab.studies import optuna_adapter as adapter
 from cifarlab.studies.stats import summarize, welch
 from conftest import assert_user_error, set_args, tiny_overrides
 
@@ -208,9 +210,11 @@ def test_kill_9_mid_study_then_restart_loses_and_duplicates_nothing(tmp_path, ca
     killed = [t for t in trials if t.state.name == "FAIL"]
     assert len(killed) == 1 and len(trials) == 5
     retry = [t for t in done if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retry) == 1 and retry[0].params == killed[0].params
+    assert len(retry) == 1 and retry[0].params == adapter.point(killed[0])  # killed before or after suggesting
     results = (out / "results.md").read_text()
     assert "retry of trial" in results and f"continued by trial {retry[0].number}" in results
+    rows = {int(r["trial"]): r for r in csv.DictReader((out / "results.csv").open())}
+    assert float(rows[killed[0].number]["optimizer.lr"]) == retry[0].params["optimizer.lr"]  # its own point
 
 
 # ---------------------------------------------------------------------- repeats and statistics

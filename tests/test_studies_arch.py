@@ -150,7 +150,25 @@ def test_pop_waiting_takes_each_queued_trial_once_and_never_creates_one(study_on
     assert trial is not None and trial.number == 0
     assert s.get_trials()[0].state == TrialState.RUNNING
     assert adapter.pop_waiting(s) is None and len(s.get_trials()) == 1
-    assert adapter.fixed_keys(s.get_trials()[0]) == {"x"}
+    assert adapter.point(s.get_trials()[0]) == {"x": 1}
+
+
+@pytest.mark.parametrize("suggested", [False, True])
+def test_a_trial_killed_before_or_after_its_suggestion_keeps_its_point_and_its_retry_trains_it(study_on_disk,
+                                                                                              suggested):
+    s = study_on_disk  # CI once killed a sweep between a trial's start and its first suggestion
+    s.enqueue_trial({"x": 3, "y": "a"})
+    trial = adapter.pop_waiting(s)
+    if suggested:
+        trial.suggest_int("x", 0, 5)
+    s.tell(trial, state=TrialState.FAIL)
+    failed = s.get_trials()[0]
+    assert adapter.point(failed) == {"x": 3, "y": "a"}
+    adapter.retry(s, failed, max_retry=2)
+    again = adapter.pop_waiting(s)
+    assert adapter.retried_from(s.get_trials()[1]) == 0
+    assert adapter.point(s.get_trials()[1]) == {"x": 3, "y": "a"}
+    assert again.suggest_int("x", 0, 5) == 3 and again.suggest_categorical("y", ["a", "b"]) == "a"
 
 
 def test_a_popped_trial_goes_stale_without_beats_and_stays_alive_with_them(study_on_disk):

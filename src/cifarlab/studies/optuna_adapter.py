@@ -93,10 +93,11 @@ def retry_history(trial: FrozenTrial) -> list[int]:
         return _Retry.retry_history(trial)
 
 
-def fixed_keys(trial: FrozenTrial) -> set[str]:
-    """The keys whose values were given when the trial was enqueued, suggested or not yet."""
+def point(trial: FrozenTrial) -> dict:
+    """The values a trial trains with: those suggested so far and, for an enqueued trial, the values it was
+    enqueued with (a trial killed between its start and its first suggestion has only the latter)."""
     # enqueue_trial keeps them in system_attrs["fixed_params"] until suggested; FrozenTrial has no public view
-    return set(trial.params) | set(trial.system_attrs.get("fixed_params", {}))
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
 
 
 # ---------------------------------------------------------------------- taking trials and beating

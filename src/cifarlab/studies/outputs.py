@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from cifarlab.config import validate_config
 from cifarlab.fileio import atomic_write_text
-from cifarlab.studies.optuna_adapter import retried_from
+from cifarlab.studies.optuna_adapter import point, retried_from
 from cifarlab.studies.params import decode
 from cifarlab.studies.space import Study
 
@@ -39,7 +39,7 @@ def collect(study: Study, s) -> list[dict]:
                 and all(r["step"] != step or "kept" not in r["note"] for r in rows):
             note = "kept" + (f"; {note}" if note else "")
         rows.append({"trial": t.number, "state": t.state.name, "step": a.get("step", ""), "varies": a.get("varies", ""),
-                     **study.effective(t.params),
+                     **study.effective(point(t)),  # a trial killed before its first suggestion: its enqueued point
                      "val_accuracy": t.value if t.state == TrialState.COMPLETE else None,
                      "val_std": statistics.stdev(vals) if len(vals) > 1 else None,
                      "test_accuracy": a.get("test_accuracy"), "seeds": len(vals) or None,

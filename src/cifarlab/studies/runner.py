@@ -141,7 +141,7 @@ def _train_and_record(study: Study, s: optuna.Study, trial: optuna.Trial, out: P
 
     frozen = s.get_trials(deepcopy=False)[trial.number]
     # an asked trial has no values yet: the sampler proposes every key (an enqueued one: its own keys)
-    names = adapter.fixed_keys(frozen)
+    names = adapter.point(frozen).keys()
     params = {p.key: p.suggest(trial) for p in study.params if p.key in names or study.sweep_method.asks}
     slot = adapter.retried_from(frozen)  # a retry reuses its original's run directories
     slot = trial.number if slot is None else slot
