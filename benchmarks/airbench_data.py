@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.config import DataConfig
 from cifarlab.data.loader import split_rows
 from cifarlab.data.sources import load_dataset
+from cifarlab.schema import DataConfig
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True, help="a dataset spec, as for cifarlab train (folder:PATH, cifar10, sample)")

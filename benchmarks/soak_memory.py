@@ -32,7 +32,7 @@ CHILD = r"""
 import gc, json, sys, time
 step, spec = sys.argv[1:3]
 import numpy as np, torch
-from cifarlab.config import DataConfig
+from cifarlab.schema import DataConfig
 from cifarlab.data.loader import PreparedData
 from cifarlab.data.sources import load_dataset
 

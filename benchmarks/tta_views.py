@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from cifarlab.config import validate_config
 from cifarlab.data.loader import split_rows
 from cifarlab.data.normalize import Normalize, to_unit
 from cifarlab.data.sources import load_dataset
+from cifarlab.schema import validate_config
 from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.train.runtime import autocast
 from cifarlab.train.tta import shifted

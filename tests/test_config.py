@@ -1,8 +1,9 @@
 """Configs and recipes: validation, overrides, extends, and the one-line messages for mistakes."""
 import pytest
 
-from cifarlab.config import list_recipes, load_config, parse_assignment, validate_config
+from cifarlab.config import list_recipes, load_config, parse_assignment
 from cifarlab.errors import UserError
+from cifarlab.schema import validate_config
 
 
 def test_defaults_and_overrides():

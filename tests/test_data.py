@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlab.config import AugmentConfig, DataConfig
 from cifarlab.data.augment import BatchTransform
 from cifarlab.data.loader import PreparedData, normalisation, stratified_split
 from cifarlab.data.sources import load_dataset, sample_path
 from cifarlab.errors import UserError
+from cifarlab.schema import AugmentConfig, DataConfig
 from conftest import png_bytes, tar_folder, write_cifar10_archive, write_image_folder, write_tinyimagenet
 
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from cifarlab.config import DataConfig
 from cifarlab.data.loader import PreparedData
+from cifarlab.schema import DataConfig
 from conftest import assert_user_error, write_image_folder
 
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
+from cifarlab.config import load_config
 from cifarlab.data.augment import BatchTransform
 from cifarlab.data.loader import PreparedData
 from cifarlab.errors import UserError
+from cifarlab.schema import OptimizerConfig, ScheduleConfig
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.entry import resume, train
 from cifarlab.train.evaluate import evaluate_checkpoint

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cifarlab.cli.main import run
-from cifarlab.config import ExperimentConfig, _known_keys, load_config, parse_assignment
+from cifarlab.config import load_config, parse_assignment
 from cifarlab.errors import UserError
+from cifarlab.schema import ExperimentConfig, _known_keys
 from cifarlab.studies.space import read_study_file
 from conftest import assert_user_error
 
@@ -220,7 +221,7 @@ def test_any_number_is_in_range_or_one_line(overrides):
     """Every number accepted lies within the schema's sane bounds: finite, and small enough for torch."""
     cfg = outcome(lambda: load_config(recipe="quickstart", overrides=overrides))
     if cfg is not None:
-        from cifarlab.config import MAX_SEED, MAX_THREADS
+        from cifarlab.schema import MAX_SEED, MAX_THREADS
         t = cfg.train
         assert 1 <= t.epochs <= 100_000 and 0 <= t.seed <= MAX_SEED and (t.threads is None or t.threads <= MAX_THREADS)
         assert all(0 <= b < 1 for b in cfg.optimizer.betas) and 0 < cfg.optimizer.lr < float("inf")

@@ -23,7 +23,7 @@ import gc, json, sys, time
 step, spec = sys.argv[1:3]
 if step == "prepared":
     import torch
-    from cifarlab.config import DataConfig
+    from cifarlab.schema import DataConfig
     from cifarlab.data.loader import PreparedData
 else:
     import numpy as np

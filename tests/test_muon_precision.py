@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cifarlab.config import OptimizerConfig
+from cifarlab.schema import OptimizerConfig
 from cifarlab.train import runtime
 from cifarlab.train.muon import Fp32Muon, orthogonalize
 from cifarlab.train.optim import build_optimizer

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
+from cifarlab.config import load_config
 from cifarlab.data.registry import DATASETS, register_dataset, spec_help
 from cifarlab.data.sources import load_dataset
 from cifarlab.data.types import RawDataset
@@ -16,6 +16,7 @@ from cifarlab.errors import UserError
 from cifarlab.models import build_model, register_model
 from cifarlab.models.registry import MODELS
 from cifarlab.registry import Registry
+from cifarlab.schema import OptimizerConfig, ScheduleConfig
 from cifarlab.train.entry import train
 from cifarlab.train.optim import (
     OPTIMIZERS,

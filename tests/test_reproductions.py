@@ -7,9 +7,10 @@ import json
 import pytest
 import yaml
 
-from cifarlab.config import ReportedFigure, list_recipes, load_config
+from cifarlab.config import list_recipes, load_config
 from cifarlab.report.hooks import reported_line
 from cifarlab.report.runs import figure_to_compare
+from cifarlab.schema import ReportedFigure
 from cifarlab.studies.space import read_study_file
 
 

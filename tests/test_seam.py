@@ -19,7 +19,7 @@ from cifarlab.train.entry import train
 from test_report import synthetic_data, tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cifarlab"
-LOW = {"errors", "config", "fileio", "registry", "yamlfile"}  # below every package
+LOW = {"errors", "config", "schema", "fileio", "registry", "yamlfile"}  # below every package
 ORDER = ["data", "models", "train", "report", "studies", "cli"]
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cifarlab.config import ScheduleConfig
 from cifarlab.report.build import build_run_report
 from cifarlab.report.runs import load_run
+from cifarlab.schema import ScheduleConfig
 from cifarlab.train.checkpoint import load_checkpoint
 from cifarlab.train.entry import train
 from cifarlab.train.evaluate import evaluate_checkpoint

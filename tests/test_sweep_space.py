@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cifarlab.cli.main import run
-from cifarlab.config import validate_config
 from cifarlab.errors import UserError
+from cifarlab.schema import validate_config
 from cifarlab.studies.space import build_study
 from conftest import assert_user_error
 

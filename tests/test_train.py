@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from cifarlab.config import OptimizerConfig, ScheduleConfig, load_config
+from cifarlab.config import load_config
 from cifarlab.errors import TrainingDiverged, UserError
+from cifarlab.schema import OptimizerConfig, ScheduleConfig
 from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.train.entry import resume, train
 from cifarlab.train.optim import build_optimizer, lr_factor

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
 
-    from cifarlab.config import ExperimentConfig
+    from cifarlab.schema import ExperimentConfig
 
 __all__ = ["RunResult", "train", "evaluate", "build_model", "list_models", "register_model", "load_config",
            "sweep", "find_batch_size", "__version__"]
@@ -81,7 +81,7 @@ def load_config(recipe: str | None = None, config: str | Path | Mapping | None =
 
 
 def _config(recipe, config, overrides) -> "ExperimentConfig":
-    from cifarlab.config import ExperimentConfig
+    from cifarlab.schema import ExperimentConfig
 
     if isinstance(config, ExperimentConfig):
         if overrides:

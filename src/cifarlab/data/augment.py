@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab.config import AugmentConfig
 from cifarlab.data.normalize import Normalize, to_unit
+from cifarlab.schema import AugmentConfig
 
 
 def build_augment(cfg: AugmentConfig, image_size: int) -> tuple[nn.Module | None, nn.Module | None]:

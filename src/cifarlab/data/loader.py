@@ -12,11 +12,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cifarlab.config import DataConfig
 from cifarlab.data.augment import BatchTransform, alternate_flips
 from cifarlab.data.sources import load_dataset, read_rows
 from cifarlab.data.types import RawDataset
 from cifarlab.errors import UserError
+from cifarlab.schema import DataConfig
 
 
 def stratified_split(y: np.ndarray, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

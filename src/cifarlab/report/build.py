@@ -127,8 +127,8 @@ def _confusion(run: Run) -> Section:
 def _misclassified(ckpt: dict, model, data) -> list:
     from cifarlab.train.evaluate import predict
     if data is None:
-        from cifarlab.config import validate_config
         from cifarlab.data.loader import PreparedData
+        from cifarlab.schema import validate_config
         data = PreparedData(validate_config(ckpt["config"]).data, torch.device("cpu"))
     device = data.val.x.device
     logits, labels = predict(model.to(device), data.eval_batches(data.val, 500), device)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.config import ExperimentConfig
 from cifarlab.errors import UserError
 from cifarlab.fileio import atomic_write_text
+from cifarlab.schema import ExperimentConfig
 
 UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}

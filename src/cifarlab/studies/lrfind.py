@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.config import ExperimentConfig
 from cifarlab.errors import UserError
 from cifarlab.fileio import atomic_write_text, check_output_dir
+from cifarlab.schema import ExperimentConfig
 from cifarlab.train.rundir import RunDir
 
 

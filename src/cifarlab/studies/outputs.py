@@ -11,8 +11,8 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from cifarlab.config import validate_config
 from cifarlab.fileio import atomic_write_text
+from cifarlab.schema import validate_config
 from cifarlab.studies.optuna_adapter import point, retried_from
 from cifarlab.studies.params import decode
 from cifarlab.studies.space import Study

@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cifarlab.config import ExperimentConfig, set_key, validate_config
+from cifarlab.config import set_key
 from cifarlab.errors import UserError, short
+from cifarlab.schema import ExperimentConfig, validate_config
 
 RANGE_KINDS = ("uniform", "log_uniform", "int", "log_int")
 

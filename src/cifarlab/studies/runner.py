@@ -260,9 +260,9 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
 def preflight(study: Study) -> None:
     """What `train` checks before its first epoch, once for the whole study: the base config, its data
     (read and cached here, so trials find it decoded) and its model on that data."""
-    from cifarlab.config import validate_config
     from cifarlab.data.sources import load_dataset
     from cifarlab.models import build_model
+    from cifarlab.schema import validate_config
 
     try:
         cfg = validate_config(study.config({}))

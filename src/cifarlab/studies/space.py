@@ -28,8 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cifarlab.config import load_raw, set_key, validate_config
+from cifarlab.config import load_raw, set_key
 from cifarlab.errors import UserError
+from cifarlab.schema import validate_config
 from cifarlab.studies.methods import SweepMethod, get_method, method_names
 from cifarlab.studies.params import Param, check_param, check_values, decode, encode, parse_param
 from cifarlab.studies.pruners import NO_PRUNING, pruner_factory

@@ -10,8 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
-from cifarlab.config import validate_config
 from cifarlab.errors import TrainingDiverged, UserError
+from cifarlab.schema import validate_config
 from cifarlab.studies.space import Study
 from cifarlab.train.rundir import validated
 

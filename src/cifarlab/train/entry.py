@@ -7,8 +7,9 @@ from typing import Callable, Sequence
 
 import yaml
 
-from cifarlab.config import ExperimentConfig, load_yaml, validate_config
+from cifarlab.config import load_yaml
 from cifarlab.errors import Interrupted, UserError, short
+from cifarlab.schema import ExperimentConfig, validate_config
 from cifarlab.train.callbacks import CallbackLike
 from cifarlab.train.checkpoint import check_resume_state, load_checkpoint
 from cifarlab.train.distributed import from_env

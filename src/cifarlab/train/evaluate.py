@@ -54,7 +54,7 @@ def checkpoint_tta(ckpt: dict, tta: int | None = None) -> int:
     """The TTA level to evaluate a checkpoint with: `tta` if given, else the level its run validated with."""
     if tta is not None:
         return tta
-    from cifarlab.config import validate_config
+    from cifarlab.schema import validate_config
     return validate_config(ckpt["config"]).train.tta if "config" in ckpt else 0
 
 
@@ -70,11 +70,11 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
     (0, 1, 2); default: the level of the checkpoint's run, so eval reproduces the run's own numbers."""
     import numpy as np
 
-    from cifarlab.config import validate_config
     from cifarlab.data.loader import Split, split_rows
     from cifarlab.data.normalize import Normalize, to_unit
     from cifarlab.data.sources import load_dataset, read_rows
     from cifarlab.errors import UserError, short
+    from cifarlab.schema import validate_config
     from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
     from cifarlab.train.runtime import resolve_device
 

@@ -25,7 +25,7 @@ from cifarlab.registry import OPTIMIZERS
 if TYPE_CHECKING:
     import torch
 
-    from cifarlab.config import OptimizerConfig
+    from cifarlab.schema import OptimizerConfig
 
 
 @dataclass(frozen=True)

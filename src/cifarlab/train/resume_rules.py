@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarlab.config import ExperimentConfig, set_key, validate_config
+from cifarlab.config import set_key
 from cifarlab.errors import UserError, short
+from cifarlab.schema import ExperimentConfig, validate_config
 
 RESUMABLE = ("train.epochs", "train.time_limit_minutes", "train.early_stopping_patience", "train.threads")
 HISTORY = "resume_history.json"

@@ -26,7 +26,7 @@ from cifarlab.registry import SCHEDULES
 if TYPE_CHECKING:
     import torch
 
-    from cifarlab.config import ScheduleConfig
+    from cifarlab.schema import ScheduleConfig
 
 
 @dataclass(frozen=True)

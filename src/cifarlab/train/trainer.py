@@ -16,13 +16,13 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from cifarlab.config import ExperimentConfig
 from cifarlab.data.augment import progressive_size
 from cifarlab.data.loader import PreparedData
 from cifarlab.data.mix import BatchMix
 from cifarlab.errors import TrainingDiverged, UserError, WriteFailed, short
 from cifarlab.fileio import atomic_write_text
 from cifarlab.models import build_model, count_parameters
+from cifarlab.schema import ExperimentConfig
 from cifarlab.train.callbacks import CallbackLike, as_callbacks
 from cifarlab.train.checkpoint import check_free_space, load_checkpoint, load_weights, save_checkpoint
 from cifarlab.train.distributed import Dist
