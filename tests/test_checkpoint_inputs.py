@@ -137,6 +137,37 @@ def test_predict_says_a_folder_is_not_an_image(cli, run_dir, tmp_path):
     assert_user_error(cli("predict", tmp_path, "--checkpoint", run_dir), ["is a folder", "image files"])
 
 
+NOT_TORCH = {"image.png": b"\x89PNG\r\n\x1a\n" + bytes(64), "train.log": b"epoch  1/20  train loss 1.38\n",
+             "metrics.csv": b"epoch,train_loss\n1,1.38\n", "config.yaml": b"model: {name: mlp}\n",
+             "noise.pt": bytes(range(7, 255))}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_TORCH) + ["empty.pt"])
+@pytest.mark.parametrize("command", ["predict", "summary", "eval"])
+def test_a_file_that_is_no_torch_file_is_named_as_such(cli, tmp_path, name, command):
+    bad = tmp_path / name
+    bad.write_bytes(NOT_TORCH.get(name, b""))
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")  # never read: the checkpoint is refused first
+    args = {"predict": [img], "summary": [], "eval": ["--data", "sample"]}[command]
+    said = "is empty (0 bytes)" if name == "empty.pt" else "is not a torch file"
+    assert_user_error(cli(command, *args, "--checkpoint", bad), [said, "give a .pt file that cifarlab wrote"])
+
+
+def test_a_torch_file_cut_short_is_damaged_not_unsafe(cli, run_dir, tmp_path):
+    data = (run_dir / "best.pt").read_bytes()
+    for cut in (4, 100, len(data) // 2, len(data) - 1):  # a zip archive cut at its head, middle and end
+        (tmp_path / "cut.pt").write_bytes(data[:cut])
+        assert_user_error(cli("summary", "--checkpoint", tmp_path / "cut.pt"), "damaged or not a torch file")
+
+
+@pytest.mark.parametrize("content,said", [(b"", "it is empty, 0 bytes"), (b"GIF8" + bytes(20), "no image format"),
+                                          (b"hello, not an image", "no image format")])
+def test_predict_names_what_is_wrong_with_an_image(cli, run_dir, tmp_path, content, said):
+    (tmp_path / "x.png").write_bytes(content)
+    assert "BytesIO" not in assert_user_error(cli("predict", tmp_path / "x.png", "--checkpoint", run_dir), [said, "x.png"])
+
+
 def test_the_python_eval_uses_the_runs_tta_level_by_default(run_dir):
     level = load_config(overrides=tiny_overrides()).train.tta
     assert cifarlab.evaluate(run_dir, data="sample", split="val")["tta_level"] == level

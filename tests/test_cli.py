@@ -101,7 +101,7 @@ def test_bad_checkpoints(cli, tmp_path, trained):
     other = write_image_folder(tmp_path / "three", per_class=4)
     assert_user_error(cli("eval", "--checkpoint", out, "--data", f"folder:{other}"), "is for 10 classes")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert_user_error(cli("eval", "--checkpoint", tmp_path / "junk.pt", "--data", "sample"), "damaged")
+    assert_user_error(cli("eval", "--checkpoint", tmp_path / "junk.pt", "--data", "sample"), "is not a torch file")
     assert_user_error(cli("eval", "--checkpoint", tmp_path / "none.pt", "--data", "sample"), "does not exist")
 
     # weights of another model under this model's name

@@ -243,6 +243,25 @@ def test_export_default_path_and_bad_input(capsys, runs_root, tmp_path, monkeypa
     assert (run_dir / "best.rejected.onnx").is_file() and not (run_dir / "best.onnx").exists()
 
 
+def test_export_never_replaces_what_is_no_export(capsys, runs_root, tmp_path):
+    mine, other, photo, notes = (tmp_path / n for n in ("mine.pt", "other.pt", "photo.png", "notes.txt"))
+    shutil.copy(runs_root / "a" / "best.pt", mine)
+    shutil.copy(runs_root / "a" / "best.pt", other)
+    Image.new("RGB", (4, 4)).save(photo)
+    notes.write_text("my notes")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for fmt, out, says in [("torchscript", mine, "is the checkpoint being exported"),
+                           ("onnx", photo, "does not end in .onnx"), ("onnx", notes, "does not end in .onnx"),
+                           ("torchscript", photo, "does not end in .pt or"),
+                           ("torchscript", other, "is not a TorchScript export")]:
+        fails(capsys, "export", "--checkpoint", mine, "--format", fmt, "--out", out, says=says)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing lost, nothing added
+    for fmt, name in [("onnx", "m.onnx"), ("torchscript", "m.ts"), ("torchscript", "m.torchscript")]:
+        for _ in range(2):  # an export of the same kind is replaced: a command run again
+            code, _, err = cli(capsys, "export", "--checkpoint", mine, "--format", fmt, "--out", tmp_path / name)
+            assert code == 0, err
+
+
 def _crash(*args, **kwargs):
     raise RuntimeError("the exporter crashed half-way")
 
@@ -256,7 +275,8 @@ def _disk_full(path, *args, **kwargs):
 @pytest.mark.parametrize("failure", ["crash", "disk full", "disagrees"])
 def test_a_failed_export_leaves_the_file_that_was_there(capsys, runs_root, tmp_path, monkeypatch, fmt, failure):
     out_file = tmp_path / f"model.{fmt}"
-    out_file.write_bytes(b"last week's good export")
+    assert cli(capsys, "export", "--checkpoint", runs_root / "a", "--format", fmt, "--out", out_file)[0] == 0
+    last_week = out_file.read_bytes()  # a good export, which only another good export may replace
     writer = "torch.jit.trace" if fmt == "torchscript" else "cifarlab.report.export._export_onnx"
     if failure == "crash":
         monkeypatch.setattr(writer, _crash)
@@ -274,7 +294,7 @@ def test_a_failed_export_leaves_the_file_that_was_there(capsys, runs_root, tmp_p
     else:
         fails(capsys, "export", "--checkpoint", runs_root / "a" / "best.pt", "--format", fmt, "--out", out_file,
               says="No space left" if failure == "disk full" else "disagrees with PyTorch")
-    assert out_file.read_bytes() == b"last week's good export"
+    assert out_file.read_bytes() == last_week
     kept = {f"model.{fmt}"} | ({f"model.rejected.{fmt}"} if failure == "disagrees" else set())
     assert {p.name for p in tmp_path.iterdir()} == kept  # and no temp file left behind
 

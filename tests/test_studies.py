@@ -291,6 +291,40 @@ def test_repeat_and_compare(tmp_path, capsys, monkeypatch):
     assert "val accuracy: slow - quickstart" in err
 
 
+def test_compare_refuses_what_is_no_repeat_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert_user_error(cli(capsys, "compare", "empty", "quickstart"), ["'empty' is a folder", "repeat.json",
+                                                                       "config.yaml"])
+    good = {"name": "a", "val_accuracy": [0.5, 0.6], "test_accuracy": []}
+    for i, text in enumerate(["{", "[1, 2]", "\xff", json.dumps({**good, "val_accuracy": "0.5"}),
+                              json.dumps({**good, "val_accuracy": [0.5, 60]}), json.dumps({**good, "name": 3}),
+                              json.dumps({**good, "test_accuracy": [True, False]}),
+                              json.dumps({k: v for k, v in good.items() if k != "test_accuracy"}),
+                              '{"name": "a", "val_accuracy": [NaN, 0.5], "test_accuracy": []}']):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "repeat.json").write_text(text, encoding="latin-1")
+        assert_user_error(cli(capsys, "compare", f"r{i}", f"r{i}"), [f"r{i}/repeat.json", "cifarlab repeat"],
+                          context=text)
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "repeat.json").write_text(json.dumps(good))
+    code, out, err = cli(capsys, "compare", "ok", "ok", "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["tests"]["val"]["difference"] == 0, err
+
+
+def test_a_training_run_directory_is_repeated_as_the_config_it_ran(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "train", "--recipe", "quickstart", *set_args({**TINY, "model.name": "mlp",
+                                                                            "train.seed": 7}), "--out", "runs/mine")
+    assert code == 0, err
+    code, out, err = cli(capsys, "repeat", "runs/mine", "--seeds", "2", "--json")
+    assert code == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["name"] == "mine" and r["seeds"] == [7, 8]  # the run's own seed first, as for a recipe's
+    (used,) = Path("studies/repeat-mine/trials").glob("*/seed7/config.yaml")
+    assert load_config(config_file=used).model.name == "mlp"
+
+
 def test_lr_find(tmp_path, capsys):
     sets = set_args(TINY)
     code, out, err = cli(capsys, "lr-find", "-r", "quickstart", *sets, "--steps", "40", "--start-lr", "1e-5",

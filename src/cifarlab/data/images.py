@@ -204,7 +204,10 @@ def decode(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.n
             if size is not None and im.size != size:
                 im = im.resize(size, Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:  # its own text names a BytesIO object, not the file
+        why = "it is empty, 0 bytes" if not data else "in no image format Pillow reads"
+        raise UserError(f"'{where}' is not a readable image ({why}): remove or replace it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"'{where}' is not a readable image ({err}): remove or replace it") from None
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -19,8 +20,11 @@ from cifarlab.data.normalize import Normalize
 from cifarlab.errors import UserError
 from cifarlab.fileio import check_output_file, replaced_when_done
 from cifarlab.report.predict import load_model
+from cifarlab.train.checkpoint import checkpoint_file
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# the names an existing file must have to be replaced by an export (an image or a config named by mistake is not)
+REPLACEABLE = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript")}
 ATOL, RTOL = 1e-4, 1e-4
 
 
@@ -73,6 +77,28 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
+def _refuse_overwriting_what_is_no_export(out: Path, fmt: str, checkpoint: Path) -> None:
+    if not out.is_file():
+        return
+    if out.samefile(checkpoint):
+        raise UserError(f"'{out}' is the checkpoint being exported: give another -o/--out")
+    if not out.name.lower().endswith(REPLACEABLE[fmt]):
+        raise UserError(f"'{out}' exists and does not end in {' or '.join(REPLACEABLE[fmt])} as {fmt} exports do: "
+                        "give another -o/--out, or remove that file first if it may go")
+    if fmt == "torchscript" and not _is_torchscript(out):  # e.g. another checkpoint, also a .pt
+        raise UserError(f"'{out}' exists and is not a TorchScript export (a checkpoint or other file): give "
+                        "another -o/--out, or remove that file first if it may go")
+
+
+def _is_torchscript(path: Path) -> bool:
+    # both are zip archives; only a TorchScript one holds its model's code (ARCHIVE/code/...), a torch.save has none
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None, trust_code: bool = False) -> dict:
     """Write the exported model, reload it with its own runtime, compare outputs on a random batch.
 
@@ -84,9 +110,9 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     ckpt, model = load_model(checkpoint, trust_code)
     spec = ckpt["model"]
     model = Normalised(model, Normalize.of_checkpoint(ckpt)).eval()
-    src = Path(checkpoint)
-    out = Path(out) if out else (src / "best.pt" if src.is_dir() else src).with_suffix(FORMATS[fmt])
+    out = Path(out) if out else checkpoint_file(checkpoint).with_suffix(FORMATS[fmt])
     check_output_file(out)  # never over a run's checkpoints or record; a folder or read-only place is one line
+    _refuse_overwriting_what_is_no_export(out, fmt, checkpoint_file(checkpoint))
     shape = (spec["in_channels"], spec["image_size"], spec["image_size"])
     gen = torch.Generator().manual_seed(0)
     example, check = torch.rand(2, *shape, generator=gen), torch.rand(5, *shape, generator=gen)  # another batch size

@@ -20,8 +20,13 @@ from cifarlab.studies.stats import summarize, welch
 
 
 def _source(what: str) -> tuple[str, dict]:
-    """A recipe name or a YAML config file -> (short name, raw config)."""
+    """A recipe name, a YAML config file or a training run's directory -> (short name, raw config)."""
     p = Path(what)
+    if p.is_dir():
+        if (p / "config.yaml").is_file():  # a run directory: repeat the config that run trained with
+            return p.resolve().name, load_raw(config_file=p / "config.yaml")
+        raise UserError(f"'{what}' is a folder with neither repeat.json (a `cifarlab repeat` directory) nor "
+                        "config.yaml (a training run): give one of those, a recipe or a config file")
     if p.suffix in (".yaml", ".yml") or p.is_file():
         return p.stem, load_raw(config_file=p)
     return what, load_raw(recipe=what)
@@ -66,8 +71,25 @@ def _pm(s: dict) -> str:
 def load_or_repeat(what: str, seeds: int, overrides: dict, jobs: int, log) -> dict:
     f = Path(what) / "repeat.json"
     if f.is_file():
-        return json.loads(f.read_text())
+        return _read_repeat(f)
     return repeat(what, seeds, overrides, jobs=jobs, log=log)
+
+
+def _read_repeat(f: Path) -> dict:
+    """A repeat.json as `compare` needs it: a name and each split's accuracies, numbers in [0, 1]."""
+    try:
+        result = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"'{f}' is unreadable or not JSON ({str(err)[:100]}): run `cifarlab repeat` again "
+                        "into that folder (its finished seeds are kept)") from None
+    ok = isinstance(result, dict) and isinstance(result.get("name"), str) and all(
+        isinstance(result.get(k), list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                 and 0 <= x <= 1 for x in result[k])
+        for k in ("val_accuracy", "test_accuracy"))
+    if not ok:
+        raise UserError(f"'{f}' is not a repeat record (a name and lists of accuracies in [0, 1] under "
+                        "val_accuracy and test_accuracy): run `cifarlab repeat` again into that folder")
+    return result
 
 
 def compare(a: dict, b: dict, log=print) -> dict:

@@ -47,12 +47,29 @@ def check_free_space(run_path: Path, model: nn.Module, optimizer_states: int) ->
                         f"about {need / 2**20:.1f} MiB for its checkpoints and outputs: free space or choose another --out")
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def _refuse_other_formats(path: Path) -> None:
+    """A file that is no torch file at all (an image, a log, a CSV given by mistake) said as such, before
+    torch.load reads it as a legacy pickle and calls it unsafe or fails deep inside."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive; files from torch < 1.6 start with a pickle's protocol byte
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return
+    what = "empty (0 bytes)" if not head else "not a torch file (it does not start as one)"
+    raise UserError(f"checkpoint '{path}' is {what}: give a .pt file that cifarlab wrote, or a run directory")
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a --checkpoint names: a run directory stands for its best checkpoint."""
     path = Path(path)
-    if path.is_dir():  # a run directory stands for its best checkpoint
-        path = path / "best.pt"
+    return path / "best.pt" if path.is_dir() else path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist: give a .pt file or a run directory")
+    _refuse_other_formats(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
