@@ -350,3 +350,29 @@ def test_a_section_override_merges_on_every_path(tmp_path):
     assert study.base["train"] == {"epochs": 2, "batch_size": 16, "seed": 4}
     new, changed = apply_overrides(base, {"train": {"epochs": 5}}, epochs_done=2)
     assert new.train.batch_size == 16 and list(changed) == ["train.epochs"]
+
+
+BAD_URIS = ["notascheme://x", "ftp://host/runs", "s3://bucket/mlruns", "postgres+psycopg2://u@h/db"]
+
+
+@pytest.mark.parametrize("uri", BAD_URIS)
+@pytest.mark.parametrize("given", ["flag", "config", "env"])
+def test_an_mlflow_uri_no_store_takes_is_refused_before_anything_is_written(cli, tmp_path, monkeypatch, uri, given):
+    args = {"flag": ["--mlflow", uri], "config": ["--set", f"track.mlflow={uri}"], "env": []}[given]
+    if given == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    where = {"flag": "--mlflow", "config": "track.mlflow", "env": "$MLFLOW_TRACKING_URI"}[given]
+    scheme = uri.split("://")[0].split("+")[0]
+    assert_user_error(cli("train", "--recipe", "quickstart", "--data", "sample", *args, "--out", tmp_path / "r"),
+                      [where, f"no tracking store for '{scheme}://'"])
+    for command in (["sweep", "--config", "lr-seed000-short"], ["repeat", "quickstart"]):
+        sweep_args = ["--mlflow", uri] if given == "flag" else args  # a study's base config: --set there too
+        assert_user_error(cli(*command, *sweep_args, "--out", tmp_path / "s"), f"'{scheme}://'")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "/abs/mlruns", "file:///tmp/mlruns", "http://127.0.0.1:5000",
+                                 "https://mlflow.example.org", "sqlite:///mlflow.db", "postgresql://u@h/db",
+                                 "postgresql+psycopg2://u@h/db", "mysql+pymysql://u@h/db", "databricks", None])
+def test_an_mlflow_uri_a_store_takes_is_accepted(uri):
+    assert load_config(overrides={"track.mlflow": uri}).track.mlflow == uri

@@ -5,6 +5,7 @@ recipes and files and applies overrides onto this schema."""
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -183,10 +184,30 @@ class TrainConfig(_Section):
         return self.tta_level if self.tta_level is not None else int(self.tta_flip)
 
 
+# The schemes MLflow has a tracking store for (mlflow 3); a database's may name a driver (postgresql+psycopg2).
+MLFLOW_SCHEMES = ("file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
+def _plugin_schemes() -> set[str]:
+    # an MLflow plugin package registers its tracking store's scheme under this entry-point group
+    return {e.name.lower() for e in importlib.metadata.entry_points(group="mlflow.tracking_store")}
+
+
+def check_tracking_uri(uri: str | None) -> str | None:
+    """An MLflow tracking URI whose scheme MLflow can store to (a plain path is a file store), else ValueError:
+    an unknown scheme would otherwise surface as a warning after the first epoch, with tracking off."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if uri and "://" in uri else ""
+    if scheme and scheme not in MLFLOW_SCHEMES and scheme not in _plugin_schemes():
+        raise ValueError(f"MLflow has no tracking store for '{short(scheme, 40, plain=True)}://' URIs: use "
+                         "http(s)://HOST:PORT, file:///PATH, sqlite:///FILE, postgresql://..., mysql://... or a folder")
+    return uri
+
+
 class TrackConfig(_Section):
     """Experiment tracking outside the run directory (which stays the record either way)."""
-    mlflow: str | None = Field(None, description="an MLflow tracking URI (http://HOST:PORT, file:///PATH, sqlite:///...); "
-                                                 "default: $MLFLOW_TRACKING_URI if set, else off")
+    mlflow: Annotated[str | None, AfterValidator(check_tracking_uri)] = Field(
+        None, description="an MLflow tracking URI (http://HOST:PORT, file:///PATH, sqlite:///...); "
+                          "default: $MLFLOW_TRACKING_URI if set, else off")
     experiment: str | None = Field(None, description="the MLflow experiment (default: the config's name)")
     log_checkpoints: bool = Field(False, description="also upload best.pt and last.pt as artifacts")
 

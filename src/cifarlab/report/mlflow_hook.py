@@ -18,7 +18,8 @@ import os
 import platform
 from pathlib import Path
 
-from cifarlab.errors import UserError
+from cifarlab.errors import UserError, short
+from cifarlab.schema import check_tracking_uri
 from cifarlab.train.callbacks import Callback
 
 EXTRA = "pip install 'cifarlab[mlflow]'"
@@ -30,6 +31,14 @@ ARTIFACTS = ("config.yaml", "summary.json", "report.html", "report.md", "metrics
 def require_mlflow(flag: str = "--mlflow") -> None:
     if importlib.util.find_spec("mlflow") is None:
         raise UserError(f"{flag} needs the mlflow package, which is not installed: {EXTRA}")
+
+
+def checked_uri(uri: str | None, where: str = "--mlflow") -> str | None:
+    """`uri` if MLflow has a store for its scheme, else a one-line UserError naming where it came from."""
+    try:
+        return check_tracking_uri(uri)
+    except ValueError as err:
+        raise UserError(f"{where} {short(uri, 120)}: {err}") from None
 
 
 def resolve_uri(explicit: str | None = None, configured: str | None = None) -> str | None:
@@ -110,6 +119,8 @@ class MlflowCallback(Callback):
                  log_checkpoints: bool | None = None, tags: dict | None = None, run_name: str | None = None):
         if uri:
             require_mlflow()
+        checked_uri(uri)  # here, not at the first epoch's end where tracking would just stop with a warning
+        checked_uri(None if uri else os.environ.get("MLFLOW_TRACKING_URI"), "$MLFLOW_TRACKING_URI")
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.log_checkpoints, self.tags, self.run_name = log_checkpoints, dict(tags or {}), run_name
         self.run_id: str | None = None

@@ -225,6 +225,8 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     from cifarlab.studies.outputs import write_outputs
 
     preflight(study)  # bad data or a base that cannot train: one line now, not N failed trials and exit 0
+    track = study.base.get("track") or {}
+    uri = mlflow_hook.checked_uri(mlflow_hook.resolve_uri(mlflow, track.get("mlflow")), "MLflow tracking URI")
     check_output_dir(out)  # never a run's directory; a file in its place or a read-only folder is one line
     url = storage_url or default_storage(out)
     s = create_study(study, open_storage(url, heartbeat))
@@ -232,9 +234,7 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     done = len([t for t in s.get_trials(deepcopy=False) if t.state in FINISHED])
     log(f"study '{study.name}' ({study.method}, {len(study.params)} keys, {study.repeats} seed(s) per configuration) "
         f"in {out}; {done} trials finished before")
-    track = study.base.get("track") or {}
-    tracking = mlflow_hook.start_study(mlflow_hook.resolve_uri(mlflow, track.get("mlflow")), track.get("experiment"),
-                                       study.name, kind, s.user_attrs.get("mlflow"), log)
+    tracking = mlflow_hook.start_study(uri, track.get("experiment"), study.name, kind, s.user_attrs.get("mlflow"), log)
     if tracking:  # trials (in any worker) find their parent run here
         s.set_user_attr("mlflow", tracking)
     method = study.sweep_method
