@@ -316,3 +316,40 @@ def test_a_cut_off_run_that_cannot_continue_is_trained_again_from_scratch(tmp_pa
         train_one(cfg, run, [lambda trainer, row: seen.append(row["epoch"])], report=False)
     assert seen == [1, 2]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
+
+
+# ---------------------------------------------------------------------- storage URLs
+
+def test_a_storage_that_cannot_open_leaves_no_folder_and_never_shows_its_password(capsys, tmp_path, monkeypatch):
+    from conftest import assert_user_error
+    monkeypatch.chdir(tmp_path)
+    for url in ("postgresql://me:s3cret@127.0.0.1:1/db", "foo://me:s3cret@host/db", "sqlite:////no/such/dir/x.db"):
+        for how in ("flag", "env"):
+            args = ["--storage", url] if how == "flag" else []
+            if how == "env":
+                monkeypatch.setenv("CIFARLAB_STORAGE", url)
+            for command in (["sweep", "--config", "lr-seed000-short", "--out", "st"], ["repeat", "quickstart",
+                                                                                        "--out", "st"],
+                            ["worker", "--study", "x", "--out", "st"]):
+                line = assert_user_error(cli(capsys, *command, *args))
+                assert "cannot open study storage" in line or "no study storage at" in line, line
+                assert "s3cret" not in line and "Background on this error" not in line, line
+            monkeypatch.delenv("CIFARLAB_STORAGE", raising=False)
+    assert list(tmp_path.iterdir()) == []
+    # a worker never creates the SQLite file a mistyped URL names
+    line = assert_user_error(cli(capsys, "worker", "--study", "x", "--storage", "sqlite:///typo.db"), "no study storage")
+    assert "typo.db" in line and not (tmp_path / "typo.db").exists()
+    optuna.create_study(study_name="mine", storage=open_storage("sqlite:///there.db", heartbeat=1))
+    assert_user_error(cli(capsys, "worker", "--study", "nope", "--storage", "sqlite:///there.db"),
+                      ["no study named 'nope'", "it has: mine"])
+
+
+def test_local_workers_get_the_storage_url_outside_their_command_line(tmp_path, monkeypatch):
+    from cifarlab.studies import runner
+    seen = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: seen.append((cmd, kw["env"])) or object())
+    url = "postgresql://me:s3cret@db.example.org/studies"
+    runner._spawn_workers(2, "s", url, tmp_path, heartbeat=5)
+    assert len(seen) == 2
+    for cmd, env in seen:  # `ps` shows argv to every user of the machine; the environment only to its owner
+        assert url not in " ".join(cmd) and "--storage" not in cmd and env["CIFARLAB_STORAGE"] == url

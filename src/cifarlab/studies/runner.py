@@ -49,6 +49,18 @@ def _driver(url: str) -> str:
     return url
 
 
+STORAGE_ENV = "CIFARLAB_STORAGE"  # a storage URL (and its password) kept out of argv, `ps` and shell history
+
+
+def shown(url: str) -> str:
+    """A storage URL as messages show it: its password masked (sqlalchemy's own rendering)."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001  (not a URL sqlalchemy parses: nothing to hide in it)
+        return url
+
+
 def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats: a trial silent for 3 heartbeats is stale and is retried."""
     kwargs = {"pool_pre_ping": True}
@@ -57,11 +69,12 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
     try:
         return adapter.rdb_storage(_driver(url), heartbeat, MAX_RETRY, **kwargs)
     except ImportError:
-        raise UserError(f"storage '{url}' needs a database driver that is not installed: "
+        raise UserError(f"storage '{shown(url)}' needs a database driver that is not installed: "
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
     except Exception as err:  # sqlalchemy's errors: bad URL, server down, wrong password
-        msg = " ".join(str(err).split())[:200]
-        raise UserError(f"cannot open study storage '{url}': {msg}") from None
+        msg = " ".join(str(err).split("(Background on this error")[0].split())[:200]
+        raise UserError(f"cannot open study storage '{shown(url)}': {msg}: check the URL (sqlite:///FILE, "
+                        "postgresql://USER@HOST:PORT/DB) and that its database is up") from None
 
 
 def _sampler(study: Study, worker: int):
@@ -210,9 +223,10 @@ def _spawn_workers(n: int, name: str, url: str, out: Path, heartbeat: int) -> li
     for i in range(1, n + 1):
         logf = open(out / f"worker-{i}.log", "a")
         # --parent-pid: a worker outliving a killed sweep would go on training beside the next one
-        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name, "--storage", url, "--out", str(out),
+        cmd = [sys.executable, "-m", "cifarlab", "worker", "--study", name, "--out", str(out),
                "--worker-index", str(i), "--heartbeat", str(heartbeat), "--parent-pid", str(os.getpid())]
-        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+        env = {**os.environ, STORAGE_ENV: url}  # not in argv, where `ps` shows a password to every user
+        procs.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf))
     return procs
 
 
@@ -227,9 +241,11 @@ def sweep(study: Study, out: Path, storage_url: str | None = None, jobs: int = 1
     preflight(study)  # bad data or a base that cannot train: one line now, not N failed trials and exit 0
     track = study.base.get("track") or {}
     uri = mlflow_hook.checked_uri(mlflow_hook.resolve_uri(mlflow, track.get("mlflow")), "MLflow tracking URI")
+    # a given storage is opened first: a bad URL or a database that is down leaves no empty study folder
+    storage = open_storage(storage_url, heartbeat) if storage_url else None
     check_output_dir(out)  # never a run's directory; a file in its place or a read-only folder is one line
     url = storage_url or default_storage(out)
-    s = create_study(study, open_storage(url, heartbeat))
+    s = create_study(study, storage or open_storage(url, heartbeat))
     retry_interrupted(s)
     done = len([t for t in s.get_trials(deepcopy=False) if t.state in FINISHED])
     log(f"study '{study.name}' ({study.method}, {len(study.params)} keys, {study.repeats} seed(s) per configuration) "
@@ -288,9 +304,22 @@ def check_some_succeeded(study: Study, s: optuna.Study, out: Path) -> None:
                     f"{short(reason, 200, plain=True)}): see {out / 'results.md'}")
 
 
+def _refuse_a_missing_sqlite_file(url: str) -> None:
+    """A worker joins a study that exists: SQLite would create an empty database at a mistyped path."""
+    from sqlalchemy.engine import make_url
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001  (open_storage says what is wrong with it)
+        return
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") and not Path(u.database).is_file():
+        raise UserError(f"no study storage at '{u.database}' (from {shown(url)}): give the --storage URL the "
+                        "study's `cifarlab sweep` used (default sqlite:///STUDY_DIR/study.db)")
+
+
 def join(name: str, storage_url: str, out: Path | None, worker: int = 0, heartbeat: int = 10, log: Log = print,
          idle_timeout: float = 600) -> int:
     """`cifarlab worker`: run trials of a study until it is finished; returns how many this worker ran."""
+    _refuse_a_missing_sqlite_file(storage_url)
     study, s = load_study(name, open_storage(storage_url, heartbeat), worker)
     out = out or Path("studies") / study.name
     log(f"worker {worker} joined study '{name}' ({study.method}); run directories in {out}")
