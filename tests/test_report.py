@@ -51,7 +51,7 @@ def synthetic_data():
     """Every dataset spec reads the synthetic dataset (the trainer and the report both go through here)."""
     ds = synthetic_dataset()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("cifarlab.data.loader.load_dataset", lambda spec, use_cache=True: ds)
+        mp.setattr("cifarlab.data.loader.load_dataset", lambda spec, use_cache=True, size=None: ds)
         yield ds
 
 

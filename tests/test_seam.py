@@ -184,7 +184,7 @@ def test_training_eval_predict_and_export_normalise_alike(tmp_path, monkeypatch)
 
     monkeypatch.setattr(evaluate, "predict", capture)
     monkeypatch.setattr("cifarlab.data.sources.load_dataset",
-                        lambda spec: RawDataset(x.numpy(), np.zeros(6, dtype=np.int64), ["a", "b", "c"],
+                        lambda spec, size=None: RawDataset(x.numpy(), np.zeros(6, dtype=np.int64), ["a", "b", "c"],
                                                 x.numpy(), np.arange(6) % 3))
     evaluate.evaluate_checkpoint(str(tmp_path / "best.pt"), "stub", split="test", batch_size=4, device="cpu")
     for got in (training, predicting, exported, seen[0]):

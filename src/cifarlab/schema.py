@@ -95,6 +95,9 @@ class DataConfig(_Section):
     val_size: float = Field(0.1, gt=0, le=MAX_IMAGES, description="validation images carved from train: a count, or a fraction < 1")
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     train_limit: int | None = Field(None, ge=1, le=MAX_IMAGES, description="train on a stratified subset of this many images")
+    image_size: int | None = Field(None, ge=4, le=1024, description="fit each image to this square size as it is read "
+                                   "(shorter side resized, centre cropped): folders of photos of any size and shape; "
+                                   "default: the dataset's own size, one square size for all")
     normalize: Literal["none", "half", "dataset"] | list[list[float]] = Field(
         "dataset", description="none, half (0.5/0.5), dataset (its mean/std), or [[means], [stds]]")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

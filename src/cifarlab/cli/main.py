@@ -117,7 +117,7 @@ def _train_processes(nproc, recipe, config, overrides, out, resume, progress, as
         if RunDir(path).holds_run():
             raise UserError(f"'{path}' already holds a run: continue it with --resume {path} or choose another --out")
         RunDir(path).check_new_folder()
-        load_dataset(cfg.data.dataset)  # decode once here, not N times in parallel
+        load_dataset(cfg.data.dataset, size=cfg.data.image_size)  # decode once here, not N times in parallel
     try:
         launch(nproc, process_entry, cfg_dict, str(path), overrides, progress, as_json, callbacks)
     except KeyboardInterrupt:  # the ranks got the Ctrl-C too and stopped at a whole checkpoint

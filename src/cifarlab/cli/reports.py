@@ -128,7 +128,7 @@ def summary(
 
 @app.command()
 def predict(
-    images: List[Path] = typer.Argument(..., help="image files (any size; converted to RGB and resized)"),
+    images: List[Path] = typer.Argument(..., help="image files (any size; converted to RGB, fitted: shorter side resized, centre cropped)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
     top_k: int = typer.Option(3, "--top-k", min=1, max=100_000, help="how many classes to show per image"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarlab.data.registry import register_dataset
 from cifarlab.data.types import RawDataset
@@ -196,13 +196,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # palette, grayscale, CMYK; RGBA loses its alpha (no compositing)
 
 
-def decode(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """HxWx3 uint8 from encoded bytes; grayscale/RGBA/palette/16-bit images are converted to 8-bit RGB."""
+def decode(data: bytes, where: str, size: int | None = None) -> np.ndarray:
+    """HxWx3 uint8 from encoded bytes; grayscale/RGBA/palette/16-bit images are converted to 8-bit RGB.
+    `size`: the image fitted to size x size, as timm's and torchvision's eval transforms do (shorter side
+    resized to `size`, centre square cropped), so a photo of any shape keeps its proportions."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             im = _to_rgb(im)
-            if size is not None and im.size != size:
-                im = im.resize(size, Image.BILINEAR)
+            if size is not None and im.size != (size, size):
+                im = ImageOps.fit(im, (size, size), Image.BILINEAR)  # Pillow's reducing bilinear is antialiased
             return np.asarray(im, dtype=np.uint8)
     except UnidentifiedImageError:  # its own text names a BytesIO object, not the file
         why = "it is empty, 0 bytes" if not data else "in no image format Pillow reads"
@@ -212,21 +214,24 @@ def decode(data: bytes, where: str, size: tuple[int, int] | None = None) -> np.n
 
 
 def decode_rows(entries: Iterable[tuple[PurePosixPath, bytes]], row_of: dict[PurePosixPath, int],
-                alloc: Callable[[tuple], np.ndarray], source: str) -> np.ndarray:
-    """N x 3 x H x W uint8, each image decoded into its row; refuses a mix of sizes rather than guess."""
+                alloc: Callable[[tuple], np.ndarray], source: str, size: int | None = None) -> np.ndarray:
+    """N x 3 x H x W uint8, each image decoded into its row (fitted to size x size when `size` is given);
+    without a size, refuses a mix of sizes rather than guess."""
     out, first = None, None
     for name, data in entries:
-        im = decode(data, f"{source}:{name}")
+        im = decode(data, f"{source}:{name}", size)
         if out is None:
             out, first = alloc((len(row_of), 3, *im.shape[:2])), name
         elif im.shape[:2] != out.shape[2:]:
             raise UserError(f"images in '{source}' differ in size ('{first}' is {out.shape[3]}x{out.shape[2]}, "
-                            f"'{name}' is {im.shape[1]}x{im.shape[0]}): resize them to one size first")
+                            f"'{name}' is {im.shape[1]}x{im.shape[0]}): set data.image_size (e.g. --set data.image_size="
+                            f"{min(out.shape[2], out.shape[3])}) to fit each to one square size as it is read")
         out[row_of[name]] = im.transpose(2, 0, 1)
     return out
 
 
-def labelled_folder(path: Path, alloc: Alloc = in_memory) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def labelled_folder(path: Path, alloc: Alloc = in_memory, size: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """An image folder's `<class>/<image>` files -> (x uint8 NCHW, y int64, sorted class names).
 
     The class is the parent folder of each image; a single common top folder (e.g. `train/`)
@@ -259,11 +264,11 @@ def labelled_folder(path: Path, alloc: Alloc = in_memory) -> tuple[np.ndarray, n
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[p.parent.name] for p in images], dtype=np.int64)
     rows = {p: i for i, p in enumerate(images)}
-    x = decode_rows(listing.read(rows), rows, lambda shape: alloc("train_x", shape), source)
+    x = decode_rows(listing.read(rows), rows, lambda shape: alloc("train_x", shape), source, size)
     return x, y, classes
 
 
 @register_dataset("folder")
-def read_folder(path: Path, alloc: Alloc = in_memory) -> RawDataset:
+def read_folder(path: Path, alloc: Alloc = in_memory, size: int | None = None) -> RawDataset:
     """An image folder or a .tar[.gz]/.zip of one: <class>/<image> files, the class named by its folder."""
-    return RawDataset(*labelled_folder(path, alloc))
+    return RawDataset(*labelled_folder(path, alloc, size))

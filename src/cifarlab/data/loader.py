@@ -98,7 +98,7 @@ class PreparedData:
     """Train / validation / (test) splits on the device, with the batch transform that feeds the model."""
 
     def __init__(self, cfg: DataConfig, device: torch.device, raw: RawDataset | None = None, seed: int = 0):
-        raw = raw if raw is not None else load_dataset(cfg.dataset)
+        raw = raw if raw is not None else load_dataset(cfg.dataset, size=cfg.image_size)
         self.classes = list(raw.classes)
         self.image_shape = raw.image_shape
         # Each split is one copy of its rows, shared with torch (from_numpy) on the CPU: the floor is one

@@ -113,7 +113,7 @@ def fetch_cifar10(cache_dir: Path) -> Path:
 
 
 @register_dataset("tinyimagenet")
-def read_tinyimagenet(path: Path, alloc: Alloc = in_memory) -> RawDataset:
+def read_tinyimagenet(path: Path, alloc: Alloc = in_memory, size: int | None = None) -> RawDataset:
     """Tiny ImageNet (200 classes, 64x64): tiny-imagenet-200.zip or its folder.
 
     The official tiny-imagenet-200 layout: train/<wnid>/images/*.JPEG, val/images/*.JPEG with
@@ -155,7 +155,7 @@ def read_tinyimagenet(path: Path, alloc: Alloc = in_memory) -> RawDataset:
         if not kept:
             raise UserError(f"Tiny ImageNet at '{path}' has no labelled images in one split: the archive is incomplete")
         rows = {p: i for i, (p, _) in enumerate(kept)}
-        x = decode_rows(listing.read(rows), rows, lambda shape: alloc(name, shape), str(path))
+        x = decode_rows(listing.read(rows), rows, lambda shape: alloc(name, shape), str(path), size)
         return x, np.array([lab for _, lab in kept], dtype=np.int64)
 
     train_x, train_y = load("train", lambda p: index.get(rel(p)[1]), "train_x")

@@ -1,7 +1,9 @@
 """The dataset kinds a spec can name (`KIND` or `KIND:PATH`), one registry entry each.
 
 An entry is a reader `read(path, alloc) -> RawDataset` (alloc hands out the arrays to decode into, so
-the cache can map them to disk; see data/sources.py) with what its spec takes. To add a kind:
+the cache can map them to disk; see data/sources.py) with what its spec takes. A reader of image files
+may also take `size` (data.image_size: fit each image to size x size as it decodes, images.decode_rows
+does it); a reader without it serves its own size only. To add a kind:
 
     @register_dataset("mnist", path="required")
     def read_mnist(path, alloc=in_memory):
@@ -29,7 +31,12 @@ PathRule = Literal["required", "optional", "none"]  # none: the spec takes no PA
 @dataclass(frozen=True)
 class DatasetKind:
     name: str
-    read: Callable[..., RawDataset]  # (path, alloc) -> RawDataset
+    read: Callable[..., RawDataset]  # (path, alloc[, size]) -> RawDataset
+
+    @property
+    def resizes(self) -> bool:
+        """Whether the reader fits images to data.image_size as it decodes them."""
+        return "size" in inspect.signature(self.read).parameters
     summary: str
     path: PathRule
     default: Callable[[Path], Path] | None  # the source when no PATH is given, from the cache folder

@@ -64,7 +64,8 @@ def check_image_shape(ds: RawDataset, spec: str) -> RawDataset:
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] < 1:
         size = f"{shape[2]}x{shape[1]}" if len(shape) == 3 else "x".join(map(str, shape))
         raise UserError(f"dataset '{spec}' has {size} (width x height) images; the models take square images: "
-                        "crop or resize them to a square size")
+                        f"set data.image_size (e.g. --set data.image_size={min(shape[1:]) if len(shape) == 3 else 32}) "
+                        "to fit each to one square size as it is read")
     return ds
 
 
@@ -182,22 +183,32 @@ def parse_spec(spec: str) -> tuple[DatasetKind, Path | None]:
     return kind, path
 
 
-def load_dataset(spec: str, use_cache: bool = True) -> RawDataset:
-    """Read a dataset by spec, decoding it only the first time."""
+def load_dataset(spec: str, use_cache: bool = True, size: int | None = None) -> RawDataset:
+    """Read a dataset by spec, decoding it only the first time. `size` (data.image_size): each image
+    fitted to size x size as it is decoded, cached apart from the dataset's own size."""
     kind, path = parse_spec(spec)
     if path is None:
         path = kind.default(cache_dir())
-    key = _content_key(kind.cache_as, path)
+    resize = size is not None and kind.resizes  # a reader of arrays serves its own size, checked below
+    key = _content_key(kind.cache_as, path) + (f"-fit{size}" if resize else "")
     entry = cache_dir() / "datasets" / key
     if use_cache and (ds := _load(entry)) is not None:
-        return check_image_shape(ds, spec)
+        return _check_size(check_image_shape(ds, spec), spec, size)
     if use_cache and (entry / "meta.json").exists():  # a damaged entry: decode again, into its place
         shutil.rmtree(entry, ignore_errors=True)
     staging = _Staging(entry if use_cache else None)
     try:
-        return check_image_shape(staging.commit(kind.read(path, staging.array), spec), spec)
+        read = kind.read(path, staging.array, size=size) if resize else kind.read(path, staging.array)
+        return _check_size(check_image_shape(staging.commit(read, spec), spec), spec, size)
     finally:
         staging.discard()
+
+
+def _check_size(ds: RawDataset, spec: str, size: int | None) -> RawDataset:
+    if size is not None and ds.image_shape[1] != size:
+        raise UserError(f"data.image_size {size}: dataset '{spec}' holds {ds.image_shape[1]}x{ds.image_shape[1]} "
+                        f"arrays, not image files to fit: leave data.image_size out (or set it to {ds.image_shape[1]})")
+    return ds
 
 
 def read_rows(x: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:

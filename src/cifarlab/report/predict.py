@@ -1,7 +1,8 @@
 """`cifarlab predict`: top-k classes for image files, with a trained checkpoint.
 
-Any image PIL reads works: it is converted to RGB and resized (bilinear) to the model's input size,
-then normalised with the statistics the checkpoint was trained with.
+Any image PIL reads works: it is converted to RGB and fitted to the model's input size (shorter side
+resized, centre cropped, as data.image_size fits a dataset), then normalised with the statistics the
+checkpoint was trained with.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def read_images(paths: list[str | Path], size: int) -> torch.Tensor:
             data = p.read_bytes()
         except OSError as err:
             raise UserError(f"cannot read image '{p}' ({err.strerror})") from None
-        out.append(decode(data, str(p), (size, size)))
+        out.append(decode(data, str(p), size))  # fitted as data.image_size fits a dataset's images
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -285,8 +285,8 @@ def preflight(study: Study) -> None:
         specs = {cfg.data.dataset}
         specs |= {str(v) for p in study.params if p.key == "data.dataset" for v in (p.choices or ())}
         for spec in sorted(specs - {cfg.data.dataset}):
-            load_dataset(spec)
-        ds = load_dataset(cfg.data.dataset)
+            load_dataset(spec, size=cfg.data.image_size)
+        ds = load_dataset(cfg.data.dataset, size=cfg.data.image_size)
         c, h, _ = ds.image_shape
         build_model(cfg.model.name, num_classes=len(ds.classes), in_channels=c, image_size=h, **cfg.model.options)
     except UserError as err:

@@ -80,7 +80,8 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
 
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    raw = load_dataset(data_spec)
+    fit = validate_config(ckpt["config"]).data.image_size if "config" in ckpt else None
+    raw = load_dataset(data_spec, size=fit)  # images fitted as the run's were
     spec = ckpt["model"]
     want = (spec["in_channels"], spec["image_size"], spec["image_size"])
     if raw.image_shape != want or raw.num_classes != spec["num_classes"]:
