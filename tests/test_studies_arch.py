@@ -353,3 +353,20 @@ def test_local_workers_get_the_storage_url_outside_their_command_line(tmp_path, 
     assert len(seen) == 2
     for cmd, env in seen:  # `ps` shows argv to every user of the machine; the environment only to its owner
         assert url not in " ".join(cmd) and "--storage" not in cmd and env["CIFARLAB_STORAGE"] == url
+
+
+@pytest.mark.parametrize("damage", ["text", "cut", "empty-header"])
+def test_a_damaged_study_database_is_named_as_such(capsys, tmp_path, damage):
+    from conftest import assert_user_error
+    good = tmp_path / "good.db"
+    optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{good}", heartbeat=1))
+    bad = tmp_path / "st" / "study.db"
+    bad.parent.mkdir()
+    data = good.read_bytes()
+    bad.write_bytes({"text": b"not a database\n" * 100, "cut": data[:3000], "empty-header": b"SQLite format 3\0" +
+                     bytes(200)}[damage])
+    before = bad.read_bytes()
+    for command in (["sweep", "--config", "lr-seed000-short", "--out", tmp_path / "st"],
+                    ["worker", "--study", "s", "--storage", f"sqlite:///{bad}"]):
+        assert_user_error(cli(capsys, *command), ["is damaged or not a study database", "restore it"])
+    assert bad.read_bytes() == before  # left as it was, for the user to restore or inspect

@@ -73,6 +73,9 @@ def open_storage(url: str, heartbeat: int = 10) -> optuna.storages.RDBStorage:
                         "pip install 'cifarlab[postgres]' for PostgreSQL") from None
     except Exception as err:  # sqlalchemy's errors: bad URL, server down, wrong password
         msg = " ".join(str(err).split("(Background on this error")[0].split())[:200]
+        if url.startswith("sqlite") and "sqlite3.DatabaseError" in msg:  # the file is there but not a database
+            raise UserError(f"study storage '{shown(url)}' is damaged or not a study database ({msg[:120]}): "
+                            "restore it from a copy, or start the study in a new --out") from None
         raise UserError(f"cannot open study storage '{shown(url)}': {msg}: check the URL (sqlite:///FILE, "
                         "postgresql://USER@HOST:PORT/DB) and that its database is up") from None
 
