@@ -353,6 +353,8 @@ def test_local_workers_get_the_storage_url_outside_their_command_line(tmp_path, 
     assert len(seen) == 2
     for cmd, env in seen:  # `ps` shows argv to every user of the machine; the environment only to its owner
         assert url not in " ".join(cmd) and "--storage" not in cmd and env["CIFARLAB_STORAGE"] == url
+    from cifarlab.cli import studies as commands
+    assert commands.STORAGE_ENV == runner.STORAGE_ENV == "CIFARLAB_STORAGE"  # what the worker command reads
 
 
 @pytest.mark.parametrize("damage", ["text", "cut", "empty-header"])

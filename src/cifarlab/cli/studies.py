@@ -9,6 +9,7 @@ import typer
 from cifarlab.cli.app import _say, app, emit_json
 from cifarlab.errors import UserError
 
+STORAGE_ENV = "CIFARLAB_STORAGE"  # as studies.runner.STORAGE_ENV (importing the runner here would load optuna)
 
 def _quiet_optuna() -> None:
     """This process is ours: silence Optuna's experimental warnings and per-trial INFO lines for good."""
@@ -34,7 +35,7 @@ def sweep(
     repeats: Optional[int] = typer.Option(None, min=1, max=1000, help="seeds per configuration (default: the file's)"),
     data: Optional[str] = typer.Option(None, help="dataset spec for every trial (as for train)"),
     set_: List[str] = typer.Option([], "--set", "-s", help="a base config key for every trial: --set train.epochs=2"),
-    storage: Optional[str] = typer.Option(None, envvar="CIFARLAB_STORAGE",
+    storage: Optional[str] = typer.Option(None, envvar=STORAGE_ENV,
                                           help="Optuna storage URL (default: sqlite in the study directory)"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="local worker processes"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default studies/NAME)"),
@@ -58,7 +59,7 @@ def sweep(
 @app.command()
 def worker(
     study: str = typer.Option(..., "--study", help="the study's name"),
-    storage: str = typer.Option(..., "--storage", envvar="CIFARLAB_STORAGE",
+    storage: str = typer.Option(..., "--storage", envvar=STORAGE_ENV,
                                 help="the Optuna storage URL the study lives in"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="where this worker's run directories go"),
     worker_index: int = typer.Option(0, "--worker-index", min=0, max=100_000, help="picks this worker's sampler stream"),
@@ -87,7 +88,7 @@ def repeat(
     data: Optional[str] = typer.Option(None),
     set_: List[str] = typer.Option([], "--set", "-s", help="any config key: --set train.epochs=2"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64),
-    storage: Optional[str] = typer.Option(None, envvar="CIFARLAB_STORAGE",
+    storage: Optional[str] = typer.Option(None, envvar=STORAGE_ENV,
                                           help="Optuna storage URL (default: sqlite in the study directory)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="default studies/repeat-NAME"),
     as_json: bool = typer.Option(False, "--json"),

@@ -32,15 +32,15 @@ PathRule = Literal["required", "optional", "none"]  # none: the spec takes no PA
 class DatasetKind:
     name: str
     read: Callable[..., RawDataset]  # (path, alloc[, size]) -> RawDataset
+    summary: str
+    path: PathRule
+    default: Callable[[Path], Path] | None  # the source when no PATH is given, from the cache folder
+    cache_as: str  # the cache key's namespace: kinds that decode the same bytes alike share entries
 
     @property
     def resizes(self) -> bool:
         """Whether the reader fits images to data.image_size as it decodes them."""
         return "size" in inspect.signature(self.read).parameters
-    summary: str
-    path: PathRule
-    default: Callable[[Path], Path] | None  # the source when no PATH is given, from the cache folder
-    cache_as: str  # the cache key's namespace: kinds that decode the same bytes alike share entries
 
     @property
     def syntax(self) -> str:
