@@ -168,6 +168,9 @@ class TrainConfig(_Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, le=MAX_EPOCHS, description="stop after this many epochs without a better val accuracy")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: each class's images weighted n / (classes x its count in the training split) "
+                            "in the loss, so a rare class counts as much as a common one (sklearn's 'balanced')")
     grad_clip: float | None = Field(None, gt=0, le=1e6, description="clip the gradient norm to this value")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware runs it fast (CUDA, AVX-512-BF16/AMX CPUs), else fp32")

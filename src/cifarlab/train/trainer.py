@@ -14,7 +14,6 @@ from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.data.augment import progressive_size
 from cifarlab.data.loader import PreparedData
@@ -28,6 +27,7 @@ from cifarlab.train.checkpoint import check_free_space, load_checkpoint, load_we
 from cifarlab.train.distributed import Dist
 from cifarlab.train.ema import WeightEMA
 from cifarlab.train.evaluate import full_metrics, loss_and_accuracy, predict
+from cifarlab.train.loss import IMBALANCED, balanced_weights, classification_loss, imbalance
 from cifarlab.train.optim import build_optimizer, build_scheduler, optimizer_states
 from cifarlab.train.param_groups import scaled_for_batch
 from cifarlab.train.resources import peak_memory_mb
@@ -82,6 +82,9 @@ class Trainer:
         self.ema = WeightEMA(self.model, t.ema.decay, t.ema.warmup, t.ema.every) if t.ema else None
         self.eval_model = self.ema.module if self.ema else self.model
         self.mix = BatchMix(self.data.num_classes, **cfg.data.mix.model_dump())
+        weights = balanced_weights(self.data.train.y, self.data.num_classes) if t.class_weights == "balanced" else None
+        # all ones (a balanced split): the plain loss, so the run is the one without the option, bit for bit
+        self.class_weight = weights.to(self.device) if weights is not None and (weights != 1).any() else None
         self.step_batch = self.batch_size * t.accumulate_steps  # images per optimizer step, per process
         step_images = t.batch_size * t.accumulate_steps  # per optimizer step, all processes: what LRs scale with
         self.optimizer = build_optimizer(cfg.optimizer, self.model, step_images)
@@ -119,6 +122,12 @@ class Trainer:
             self.log(f"{cfg.name}: {cfg.model.name} ({count_parameters(self.model):,} parameters) on "
                      f"{len(self.data.train)} train / {len(self.data.val)} val{test} images, "
                      f"{self.device}{procs} {self.precision}, run dir {run.path}")
+            ratio = imbalance(self.data.train.y, self.data.num_classes)
+            if ratio >= IMBALANCED:  # accuracy then mostly measures the common classes
+                weighted = ("the loss weighs classes alike (train.class_weights: balanced)" if self.class_weight is not None
+                            else "train.class_weights: balanced weighs them alike in the loss")
+                self.log(f"note: the largest class has {ratio:.1f}x the training images of the smallest; {weighted}; "
+                         "macro F1 and per-class accuracy at the end show what accuracy hides")
             return self._epochs()
         except WriteFailed as err:  # every file is written whole or not at all, so what is there is good
             resume = (f"continue it with --resume {run.path}" if run.last.exists() else "run it again")
@@ -233,7 +242,7 @@ class Trainer:
                 with autocast(self.device, self.precision):
                     out = self.forward(x)
                     # weighted by its share of the batch: the micro-batches' gradients sum to the batch mean's
-                    part = F.cross_entropy(out.float(), y, label_smoothing=t.label_smoothing) * (len(x) / len(xb))
+                    part = classification_loss(out.float(), y, t.label_smoothing, self.class_weight) * (len(x) / len(xb))
                 self.scaler.scale(part).backward()
             loss, logits = loss + part.detach(), logits + [out]
         logits = logits[0] if len(logits) == 1 else torch.cat(logits)
