@@ -133,8 +133,36 @@ def test_eval_names_the_channels_that_differ(cli, run_dir, tmp_path):
     assert_user_error(cli("eval", "--checkpoint", bad, "--data", "sample"), ["1x32x32", "3x32x32"])
 
 
-def test_predict_says_a_folder_is_not_an_image(cli, run_dir, tmp_path):
-    assert_user_error(cli("predict", tmp_path, "--checkpoint", run_dir), ["is a folder", "image files"])
+def test_predict_classifies_every_image_in_a_folder_in_batches(cli, run_dir, tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from cifarlab.report import predict
+    empty = tmp_path / "empty"
+    (empty / ".hidden").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(empty / ".hidden" / "x.png")  # hidden folders are not looked in
+    (empty / "notes.txt").write_text("no image")
+    assert_user_error(cli("predict", empty, "--checkpoint", run_dir), ["folder", "holds no image files"])
+    photos = tmp_path / "photos"
+    for i, sub in enumerate(["", "b", "b/c", "", "b"]):
+        (photos / sub).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10 + i, 12), (40 * i, 0, 0)).save(photos / sub / f"{i}.png")
+    (photos / "README").write_text("skipped: not an image by its name")
+    single = tmp_path / "one.jpg"
+    Image.new("RGB", (30, 20)).save(single)
+    monkeypatch.setattr(predict, "PREDICT_BATCH", 2)  # several batches: results in order, none lost
+    code, out, err = cli("predict", photos, single, "--checkpoint", run_dir, "--json")
+    assert code == 0, err
+    got = json.loads(out.splitlines()[-1])["predictions"]
+    want = sorted(p for p in photos.rglob("*.png")) + [single]
+    assert [g["image"] for g in got] == [str(p) for p in want]
+    monkeypatch.setattr(predict, "PREDICT_BATCH", 256)
+    code, out, _ = cli("predict", photos, single, "--checkpoint", run_dir, "--json")
+    whole = json.loads(out.splitlines()[-1])["predictions"]  # one batch: the same answers (to float rounding)
+    assert [[t["class"] for t in g["top"]] for g in whole] == [[t["class"] for t in g["top"]] for g in got]
+    assert [t["probability"] for g in whole for t in g["top"]] == pytest.approx(
+        [t["probability"] for g in got for t in g["top"]], abs=1e-5)
 
 
 NOT_TORCH = {"image.png": b"\x89PNG\r\n\x1a\n" + bytes(64), "train.log": b"epoch  1/20  train loss 1.38\n",

@@ -128,7 +128,8 @@ def summary(
 
 @app.command()
 def predict(
-    images: List[Path] = typer.Argument(..., help="image files (any size; converted to RGB, fitted: shorter side resized, centre cropped)"),
+    images: List[Path] = typer.Argument(..., help="image files, or folders of them (any size; converted to RGB, "
+                                        "fitted: shorter side resized, centre cropped)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a .pt file, or a run directory (its best.pt)"),
     top_k: int = typer.Option(3, "--top-k", min=1, max=100_000, help="how many classes to show per image"),
     tta: Optional[int] = typer.Option(None, "--tta", min=0, max=2, help="test-time augmentation level: 0 none, "
@@ -136,7 +137,7 @@ def predict(
     trust_code: bool = trust_code_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Classify image files with a trained checkpoint: the top-k classes with their probabilities."""
+    """Classify image files (or every image in a folder) with a trained checkpoint: the top-k classes."""
     from cifarlab.report.predict import predict_files
 
     results = predict_files(checkpoint, images, top_k, tta, trust_code)

@@ -1,4 +1,4 @@
-"""`cifarlab predict`: top-k classes for image files, with a trained checkpoint.
+"""`cifarlab predict`: top-k classes for image files (or folders of them), with a trained checkpoint.
 
 Any image PIL reads works: it is converted to RGB and fitted to the model's input size (shorter side
 resized, centre cropped, as data.image_size fits a dataset), then normalised with the statistics the
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cifarlab.data.images import decode
+from cifarlab.data.images import decode, is_image_name
 from cifarlab.data.normalize import Normalize, to_unit
 from cifarlab.errors import UserError
 
@@ -25,12 +25,29 @@ def load_model(checkpoint: str | Path, trust_code: bool = False) -> tuple[dict, 
     return ckpt, model_from_checkpoint(ckpt, f"checkpoint '{checkpoint}'", trust_code).eval()
 
 
+PREDICT_BATCH = 256  # images decoded and classified at a time: memory stays flat for a folder of any size
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The files to classify: each file given, and every image file (by its name) below each folder
+    given, in sorted order; hidden files and folders are left out."""
+    out = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(p)
+            continue
+        found = sorted(f for f in p.rglob("*") if is_image_name(f.name) and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not found:
+            raise UserError(f"folder '{p}' holds no image files (.jpg, .png, ...): give image files or a folder of them")
+        out += found
+    return out
+
+
 def read_images(paths: list[str | Path], size: int) -> torch.Tensor:
     """uint8 (N, 3, size, size) from image files; a missing or unreadable file is a UserError."""
     out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            raise UserError(f"'{p}' is a folder, not an image: give image files (e.g. {p}/*.jpg)")
+    for p in map(Path, paths):  # folders already stand for their image files (image_files)
         if not p.is_file():
             raise UserError(f"image '{p}' does not exist: check the path")
         try:
@@ -58,10 +75,14 @@ def predict_files(checkpoint: str | Path, paths: list[str | Path], top_k: int = 
     from cifarlab.train.tta import tta_logits
 
     ckpt, model = load_model(checkpoint, trust_code)
-    x = normalise(read_images(paths, ckpt["model"]["image_size"]), ckpt)
-    probs = tta_logits(model, x, checkpoint_tta(ckpt, tta)).float().softmax(1)
-    p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    classes = ckpt["classes"]
-    return [{"image": str(path), "top": [{"class": classes[j], "probability": round(q, 6)}
-                                         for q, j in zip(pi.tolist(), ii.tolist())]}
-            for path, pi, ii in zip(paths, p, idx)]
+    paths, level, classes = image_files(paths), checkpoint_tta(ckpt, tta), ckpt["classes"]
+    results = []
+    for i in range(0, len(paths), PREDICT_BATCH):
+        chunk = paths[i:i + PREDICT_BATCH]
+        x = normalise(read_images(chunk, ckpt["model"]["image_size"]), ckpt)
+        probs = tta_logits(model, x, level).float().softmax(1)
+        p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        results += [{"image": str(path), "top": [{"class": classes[j], "probability": round(q, 6)}
+                                                 for q, j in zip(pi.tolist(), ii.tolist())]}
+                    for path, pi, ii in zip(chunk, p, idx)]
+    return results
