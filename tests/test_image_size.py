@@ -105,3 +105,27 @@ def test_train_eval_and_predict_fit_alike(cli, tmp_path):
     assert_user_error(cli("train", "--recipe", "quickstart", "--data", f"folder:{root}", "--out", tmp_path / "r2"),
                       ["differ in size", "data.image_size"])
     assert not (tmp_path / "r2").exists()
+
+
+def test_eval_fits_a_folder_of_any_sizes_to_the_models_input(cli, tmp_path):
+    """A model trained on one size, evaluated on photos of the same classes at any sizes (as predict does)."""
+    uniform = photo_folder(tmp_path / "uniform", shapes=[(16, 16)] * 8)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--recipe", "quickstart", "--data", f"folder:{uniform}", "--epochs", "1",
+                       "--set", "data.val_size=0.25", "--set", "model.name=mlp", "--out", run)
+    assert code == 0, err
+    photos = photo_folder(tmp_path / "photos")
+    code, out, err = cli("eval", "--checkpoint", run, "--data", f"folder:{photos}", "--json")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["images"] == 2 * len(SHAPES)
+
+
+def test_a_dataset_already_at_the_size_asked_is_not_decoded_again(tmp_path):
+    from cifarlab.data.sources import cache_dir
+    root = write_image_folder(tmp_path / "f", per_class=2, size=32)
+    before = set((cache_dir() / "datasets").iterdir()) if (cache_dir() / "datasets").exists() else set()
+    natural = load_dataset(f"folder:{root}")
+    made = set((cache_dir() / "datasets").iterdir()) - before
+    fitted = load_dataset(f"folder:{root}", size=32)
+    assert set((cache_dir() / "datasets").iterdir()) - before == made  # no second entry for the same pixels
+    np.testing.assert_array_equal(np.asarray(fitted.train_x), np.asarray(natural.train_x))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,6 +184,7 @@ def test_training_eval_predict_and_export_normalise_alike(tmp_path, monkeypatch)
         return torch.zeros(len(seen[0]), 3), torch.cat(ys)
 
     monkeypatch.setattr(evaluate, "predict", capture)
+    monkeypatch.setattr("cifarlab.data.sources.parse_spec", lambda spec: (SimpleNamespace(resizes=False), None))
     monkeypatch.setattr("cifarlab.data.sources.load_dataset",
                         lambda spec, size=None: RawDataset(x.numpy(), np.zeros(6, dtype=np.int64), ["a", "b", "c"],
                                                 x.numpy(), np.arange(6) % 3))

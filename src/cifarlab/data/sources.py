@@ -190,8 +190,10 @@ def load_dataset(spec: str, use_cache: bool = True, size: int | None = None) -> 
     if path is None:
         path = kind.default(cache_dir())
     resize = size is not None and kind.resizes  # a reader of arrays serves its own size, checked below
-    key = _content_key(kind.cache_as, path) + (f"-fit{size}" if resize else "")
-    entry = cache_dir() / "datasets" / key
+    key = _content_key(kind.cache_as, path)
+    entry = cache_dir() / "datasets" / (key + (f"-fit{size}" if resize else ""))
+    if resize and use_cache and (ds := _load(entry.with_name(key))) is not None and ds.image_shape[1:] == (size, size):
+        return ds  # decoded before at its own size, which is the size asked: fitting would change no pixel
     if use_cache and (ds := _load(entry)) is not None:
         return _check_size(check_image_shape(ds, spec), spec, size)
     if use_cache and (entry / "meta.json").exists():  # a damaged entry: decode again, into its place

@@ -72,7 +72,7 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
 
     from cifarlab.data.loader import Split, split_rows
     from cifarlab.data.normalize import Normalize, to_unit
-    from cifarlab.data.sources import load_dataset, read_rows
+    from cifarlab.data.sources import load_dataset, parse_spec, read_rows
     from cifarlab.errors import UserError, short
     from cifarlab.schema import validate_config
     from cifarlab.train.checkpoint import load_checkpoint, model_from_checkpoint
@@ -80,9 +80,9 @@ def evaluate_checkpoint(checkpoint: str, data_spec: str, split: str = "auto", ba
 
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    fit = validate_config(ckpt["config"]).data.image_size if "config" in ckpt else None
-    raw = load_dataset(data_spec, size=fit)  # images fitted as the run's were
     spec = ckpt["model"]
+    fit = spec["image_size"] if parse_spec(data_spec)[0].resizes else None  # arrays: their own size, checked below
+    raw = load_dataset(data_spec, size=fit)  # image files fitted to the model's input, as predict and image_size do
     want = (spec["in_channels"], spec["image_size"], spec["image_size"])
     if raw.image_shape != want or raw.num_classes != spec["num_classes"]:
         raise UserError(f"checkpoint '{checkpoint}' is for {spec['num_classes']} classes of {_shape(want)} images, "
