@@ -376,3 +376,40 @@ def test_an_mlflow_uri_no_store_takes_is_refused_before_anything_is_written(cli,
                                  "postgresql+psycopg2://u@h/db", "mysql+pymysql://u@h/db", "databricks", None])
 def test_an_mlflow_uri_a_store_takes_is_accepted(uri):
     assert load_config(overrides={"track.mlflow": uri}).track.mlflow == uri
+
+
+def test_every_key_listed_is_settable_with_its_default():
+    """`cifarlab keys` is the schema: each key it lists takes its own default back through --set."""
+    from cifarlab.schema import config_keys
+    listed = config_keys()
+    assert {"train.class_weights", "data.image_size", "train.ema.decay", "optimizer.betas"} <= {k["key"] for k in listed}
+    for k in listed:
+        if k["required"] or k["key"] in ("name", "model.options"):
+            continue
+        section = k["key"].rsplit(".", 1)[0]
+        extra = {"data.augment.progressive_resize.start_size": 16} if section == "data.augment.progressive_resize" else {}
+        cfg = load_config(overrides={k["key"]: k["default"], **extra})
+        node = cfg.to_dict()
+        for part in k["key"].split("."):
+            node = node[part]
+        assert node == k["default"], k
+
+
+def test_the_keys_command_lists_values_types_and_the_resolved_yaml(cli, tmp_path):
+    import json
+
+    import yaml
+    code, out, err = cli("keys", "train.class_weights", "--json")
+    assert code == 0, err
+    (row,) = json.loads(out.splitlines()[-1])
+    assert row["type"] == "none | balanced" and row["default"] == row["value"] == "none" and "sklearn" in row["description"]
+    code, out, _ = cli("keys", "data.augment", "-r", "speedrun-cpu", "--set", "data.augment.cutout=5")
+    assert 'data.augment.flip = "alternate"' in out and "data.augment.cutout = 5  [int]" in out
+    assert all(line.startswith("data.augment.") for line in out.splitlines())
+    assert "(off: train.ema is null; default 0.999)" in cli("keys", "train.ema")[1]
+    code, out, _ = cli("keys", "-r", "quickstart", "--set", "train.epochs=3", "--yaml")
+    assert yaml.safe_load(out) == load_config(recipe="quickstart", overrides={"train.epochs": 3}).to_dict()
+    assert_user_error(cli("keys", "trian"), ["no config key starts with 'trian'", "cifarlab keys"])
+    assert_user_error(cli("keys", "--set", "train.epochs=0"), "train.epochs")
+    assert_user_error(cli("train", "--set", "zzzz=1", "--out", tmp_path / "r"), ["unknown config key 'zzzz'",
+                                                                                 "`cifarlab keys` lists them"])

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -261,6 +262,39 @@ class ExperimentConfig(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _sections_of(annotation) -> list[type[BaseModel]]:
+    return [a for a in get_args(annotation) or (annotation,) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def type_text(annotation) -> str:
+    """A key's type as a user writes it: `none | balanced`, `int | null`, `list of int`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(a if isinstance(a, str) else yaml.safe_dump(a).split("\n")[0] for a in args)
+    if origin is Annotated:
+        return type_text(args[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_text(a) for a in args if a is not type(None)) + (" | null" if type(None) in args else "")
+    if origin in (list, tuple):
+        return f"list of {type_text(args[0])}" if args else "list"
+    return "mapping" if origin is dict else getattr(annotation, "__name__", str(annotation))
+
+
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[dict]:
+    """Every settable key, in schema order: {"key", "type", "default", "description"} (a section's own
+    keys follow it; a section that is off by default, such as train.ema, lists its keys as well)."""
+    out = []
+    for name, field in (model or ExperimentConfig).model_fields.items():
+        key, sections = prefix + name, _sections_of(field.annotation)
+        if sections:
+            out += config_keys(sections[0], key + ".")
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        out.append({"key": key, "type": type_text(field.annotation), "description": field.description or "",
+                    "required": field.is_required(), "default": list(default) if isinstance(default, tuple) else default})
+    return out
+
+
 def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
@@ -303,7 +337,7 @@ def _explain(err: ValidationError) -> str:
     where = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         close = difflib.get_close_matches(where, _known_keys(ExperimentConfig), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else " (see `cifarlab train --help` for the keys)"
+        hint = f" (did you mean '{close[0]}'?)" if close else " (`cifarlab keys` lists them)"
         return f"unknown config key '{where}'{hint}"
     if e["type"] in ("model_type", "dict_type", "model_attributes_type") and where:
         return not_a_mapping(where[:120], e.get("input"))

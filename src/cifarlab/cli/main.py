@@ -211,6 +211,38 @@ def recipes(as_json: bool = typer.Option(False, "--json")):
         print(f"{r['name']:<{w}}  {r['model']:<14} {r['epochs']:>4} ep  {rep:<22} {r['description']}")
 
 
+@app.command()
+def keys(
+    prefix: Optional[str] = typer.Argument(None, help="only the keys that start with this, e.g. train or data.augment"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="show the values of this recipe"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="show the values of this config file"),
+    set_: List[str] = typer.Option([], "--set", "-s", help="an override, as for train"),
+    as_yaml: bool = typer.Option(False, "--yaml", help="print the whole resolved config as the YAML train would run"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Every config key with its type, value and meaning: the defaults, or a recipe's or file's with overrides."""
+    from cifarlab.config import combine_overrides, get_key, load_config
+    from cifarlab.schema import config_keys
+
+    cfg = load_config(recipe, config, combine_overrides({}, set_))
+    if as_yaml:
+        return print(cfg.to_yaml(), end="")
+    values = cfg.to_dict()
+    rows = [{**k, "value": get_key(values, k["key"])} for k in config_keys()
+            if not prefix or k["key"] == prefix or k["key"].startswith(prefix.rstrip(".") + ".")]
+    if not rows:
+        raise UserError(f"no config key starts with '{prefix}': `cifarlab keys` lists them all")
+    if as_json:
+        return emit_json(rows)
+    for r in rows:
+        section = r["key"].rsplit(".", 1)[0]
+        if r["value"] is None and "." in r["key"] and get_key(values, section) is None:  # e.g. train.ema: null
+            value = f"(off: {section} is null; " + ("required" if r["required"] else f"default {json.dumps(r['default'])}") + ")"
+        else:
+            value = json.dumps(r["value"])
+        print(f"{r['key']} = {value}  [{r['type']}]" + (f"  {r['description']}" if r["description"] else ""))
+
+
 # Their commands register on the shared `app` (cli/app.py); they import app.py, never this module, so
 # `python -m cifarlab.cli.main` (where this module is __main__) lists every command too.
 from cifarlab.cli import reports, studies  # noqa: E402,F401
