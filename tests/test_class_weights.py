@@ -76,7 +76,7 @@ def test_a_run_on_an_imbalanced_folder_notes_it_and_weighs_the_rare_class(cli, t
     assert "train.class_weights: balanced weighs them alike" in out
     code, out, err = cli(*common, "--set", "train.class_weights=balanced", "--out", tmp_path / "weighted")
     assert code == 0, err
-    assert "the loss weighs classes alike (train.class_weights: balanced)" in out
+    assert "the loss weighs classes alike (train.class_weights: balanced; its larger steps" in out
     config = (tmp_path / "weighted" / "config.yaml").read_text()
     assert "class_weights: balanced" in config  # config.yaml is what ran
     first = [(tmp_path / r / "metrics.csv").read_text().splitlines()[1].split(",") for r in ("plain", "weighted")]

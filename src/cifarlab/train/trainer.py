@@ -124,7 +124,8 @@ class Trainer:
                      f"{self.device}{procs} {self.precision}, run dir {run.path}")
             ratio = imbalance(self.data.train.y, self.data.num_classes)
             if ratio >= IMBALANCED:  # accuracy then mostly measures the common classes
-                weighted = ("the loss weighs classes alike (train.class_weights: balanced)" if self.class_weight is not None
+                weighted = ("the loss weighs classes alike (train.class_weights: balanced; its larger steps on rare "
+                            "images may need a lower lr)" if self.class_weight is not None
                             else "train.class_weights: balanced weighs them alike in the loss")
                 self.log(f"note: the largest class has {ratio:.1f}x the training images of the smallest; {weighted}; "
                          "macro F1 and per-class accuracy at the end show what accuracy hides")
