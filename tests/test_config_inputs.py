@@ -409,6 +409,10 @@ def test_the_keys_command_lists_values_types_and_the_resolved_yaml(cli, tmp_path
     assert "(off: train.ema is null; default 0.999)" in cli("keys", "train.ema")[1]
     code, out, _ = cli("keys", "-r", "quickstart", "--set", "train.epochs=3", "--yaml")
     assert yaml.safe_load(out) == load_config(recipe="quickstart", overrides={"train.epochs": 3}).to_dict()
+    code, out, _ = cli("keys", "data.augment", "-r", "speedrun-cpu", "--yaml")
+    assert yaml.safe_load(out) == {"data": {"augment": load_config(recipe="speedrun-cpu").to_dict()["data"]["augment"]}}
+    assert yaml.safe_load(cli("keys", "train.epochs", "--set", "train.epochs=7", "--yaml")[1]) == {"train": {"epochs": 7}}
+    assert_user_error(cli("keys", "--yaml", "--json"), "--yaml or --json")
     assert_user_error(cli("keys", "trian"), ["no config key starts with 'trian'", "cifarlab keys"])
     assert_user_error(cli("keys", "--set", "train.epochs=0"), "train.epochs")
     assert_user_error(cli("train", "--set", "zzzz=1", "--out", tmp_path / "r"), ["unknown config key 'zzzz'",

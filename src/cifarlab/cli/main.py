@@ -224,14 +224,23 @@ def keys(
     from cifarlab.config import combine_overrides, get_key, load_config
     from cifarlab.schema import config_keys
 
+    if as_yaml and as_json:
+        raise UserError("give --yaml or --json, not both")
     cfg = load_config(recipe, config, combine_overrides({}, set_))
-    if as_yaml:
-        return print(cfg.to_yaml(), end="")
     values = cfg.to_dict()
     rows = [{**k, "value": get_key(values, k["key"])} for k in config_keys()
             if not prefix or k["key"] == prefix or k["key"].startswith(prefix.rstrip(".") + ".")]
     if not rows:
         raise UserError(f"no config key starts with '{prefix}': `cifarlab keys` lists them all")
+    if as_yaml:  # the whole config, or the part under PREFIX nested as in a config file
+        import yaml
+        part = values
+        if prefix:
+            *above, last = prefix.rstrip(".").split(".")
+            part = {last: get_key(values, prefix.rstrip("."))}
+            for name in reversed(above):
+                part = {name: part}
+        return print(yaml.safe_dump(part, sort_keys=False), end="")
     if as_json:
         return emit_json(rows)
     for r in rows:
