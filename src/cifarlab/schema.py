@@ -263,6 +263,7 @@ class ExperimentConfig(_Section):
 
 
 def _sections_of(annotation) -> list[type[BaseModel]]:
+    """The sections (model classes) a field's annotation holds: `EMAConfig | None` -> [EMAConfig]; a value: []."""
     return [a for a in get_args(annotation) or (annotation,) if isinstance(a, type) and issubclass(a, BaseModel)]
 
 
@@ -299,10 +300,8 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         keys.append(prefix + name)
-        ann = field.annotation
-        for sub in getattr(ann, "__args__", (ann,)):
-            if isinstance(sub, type) and issubclass(sub, BaseModel):
-                keys += _known_keys(sub, prefix + name + ".")
+        for sub in _sections_of(field.annotation):
+            keys += _known_keys(sub, prefix + name + ".")
     return keys
 
 
@@ -313,9 +312,7 @@ def section_class(dotted: str) -> type[BaseModel] | None:
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
-        ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
-                     None)
+        model = next(iter(_sections_of(field.annotation)), None)
     return model
 
 
